@@ -1,0 +1,55 @@
+# segnode: `make run` (demo end to end) and `make test` on a fresh machine.
+# The virtual environment lives in .venv; torch and torchvision are pinned to
+# the pair that works here (a CUDA build that also runs on the CPU), so pip
+# never resolves another torch through nnunetv2's dependencies.
+
+PYTHON      ?= python3
+VENV        := .venv
+BIN         := $(VENV)/bin
+TORCH_PINS  := torch==2.14.1 torchvision==0.29.1
+STAMP       := $(VENV)/.segnode-installed
+DEMO_OUT    ?= out/demo
+DEB_PEERS   := dicom3tools dcmtk
+
+.PHONY: all setup run test test-fast lint peers clean demo-model
+
+all: test
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install --quiet $(TORCH_PINS) -e '.[dev]'
+	touch $@
+
+# The Debian peers the tests compare with (dciodvfy, DCMTK). Installed only
+# when running as root; the tests that need them skip with a reason otherwise.
+peers:
+	@missing=""; \
+	command -v dciodvfy >/dev/null 2>&1 || missing="$$missing dicom3tools"; \
+	command -v storescu >/dev/null 2>&1 || missing="$$missing dcmtk"; \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Debian peers:$$missing"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null) \
+			|| echo "warning: could not install$$missing; tests that need them will skip"; \
+	elif [ -n "$$missing" ]; then \
+		echo "note: missing$$missing (not root); tests that need them will skip"; \
+	fi
+
+run: $(STAMP)
+	$(BIN)/segnode demo --out $(DEMO_OUT)
+
+test: $(STAMP) peers
+	$(BIN)/python -m pytest -q -ra
+
+lint: $(STAMP)
+	$(BIN)/ruff check node dicom_io model segnode_errors tests scripts bench
+	$(BIN)/hadolint Dockerfile
+
+# Re-train the embedded demo model from the phantom generator (CPU, minutes).
+demo-model: $(STAMP)
+	$(BIN)/python scripts/train_demo_model.py --out model/demo_model
+
+clean:
+	rm -rf $(VENV) out .pytest_cache .ruff_cache
