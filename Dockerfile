@@ -1,0 +1,46 @@
+# segnode production image: NVIDIA CUDA runtime, Python 3.12, segnode and the
+# MRSegmentator weights installed at build time (no downloads at run time).
+# Build:  docker build -t segnode .
+# Run:    docker run --gpus all -v /srv/segnode:/data segnode segment /data/in --out /data/out
+# The host needs the NVIDIA driver and the NVIDIA Container Toolkit; the torch
+# wheel pinned below is a CUDA 13 build and carries its own CUDA libraries.
+FROM nvidia/cuda:13.0.1-runtime-ubuntu24.04
+
+ARG DEBIAN_FRONTEND=noninteractive
+# Pinned to the release this image was tested with; override to update.
+ARG MRSEGMENTATOR_RELEASE=mrsegmentator
+
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends \
+        python3 python3-venv ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --create-home --home-dir /var/lib/segnode segnode
+
+ENV VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    SEGNODE_MODELS_DIR=/opt/segnode-models
+
+RUN python3 -m venv "$VIRTUAL_ENV"
+
+WORKDIR /opt/segnode
+COPY pyproject.toml README.md ./
+COPY segnode_errors ./segnode_errors
+COPY dicom_io ./dicom_io
+COPY model ./model
+COPY node ./node
+
+# torch and torchvision pinned as in the Makefile, so pip never picks another pair.
+RUN pip install --no-cache-dir torch==2.14.1 torchvision==0.29.1 . \
+    && segnode models install "$MRSEGMENTATOR_RELEASE" --models-dir /opt/segnode-models \
+    && chown -R 10001:10001 /opt/segnode-models
+
+USER 10001
+WORKDIR /var/lib/segnode
+ENTRYPOINT ["segnode"]
+# The DICOM node (segnode serve) becomes the default command once it exists;
+# until then the image runs the command-line pipeline.
+CMD ["--help"]

@@ -1,0 +1,78 @@
+"""Validated settings for a segmentation run (the CLI and the node share them)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from segnode_errors import ConfigError
+
+__all__ = ["RunSettings", "default_models_dir", "format_validation_error"]
+
+_DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+
+
+def default_models_dir() -> Path:
+    """Return the per-user model store used when none is configured."""
+    return Path.home() / ".local" / "share" / "segnode" / "models"
+
+
+class RunSettings(BaseModel):
+    """Everything one segmentation run needs besides its input and output.
+
+    Parameters
+    ----------
+    model
+        Model pack name (as listed by ``segnode models list``) or the path of
+        an nnU-Net v2 trained-model folder. ``None`` uses the built-in demo.
+    models_dir
+        Where installed model packs live.
+    device
+        ``auto`` (CUDA when torch sees it, else CPU), ``cpu``, ``cuda`` or
+        ``cuda:N``.
+    seg_type
+        ``binary`` (one frame per segment and slice; the default, shown
+        correctly by every viewer) or ``labelmap`` (one frame per slice, RLE).
+    folds
+        nnU-Net folds to ensemble; ``None`` lets the engine choose for the
+        device (one fold on CPU, all on CUDA).
+    tile_step_size
+        Sliding-window step as a fraction of the patch; ``None`` lets the
+        engine choose for the device.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str | None = None
+    models_dir: Path = Field(default_factory=default_models_dir)
+    device: str = "auto"
+    seg_type: Literal["binary", "labelmap"] = "binary"
+    folds: tuple[int, ...] | None = None
+    tile_step_size: float | None = Field(default=None, gt=0.0, le=1.0)
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        if not _DEVICE_PATTERN.match(value):
+            raise ValueError(f"must be auto, cpu, cuda or cuda:N, got {value!r}")
+        return value
+
+    @classmethod
+    def build(cls, **values: object) -> RunSettings:
+        """Validate ``values`` and raise :class:`ConfigError` naming each bad key."""
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc)) from None
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """Render a pydantic error as one line per problem, each with its key path."""
+    lines = []
+    for error in exc.errors():
+        path = ".".join(str(part) for part in error["loc"]) or "(root)"
+        lines.append(f"{path}: {error['msg']}")
+    return "\n".join(lines)
