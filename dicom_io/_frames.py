@@ -9,6 +9,7 @@ described as a list of :class:`FrameInfo` so stacking code treats them alike.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -222,8 +223,9 @@ def _mosaic_frames(ds: Dataset, ds_index: int, where: str) -> list[FrameInfo]:
 
 def _csa_slice_normal(ds: Dataset) -> np.ndarray | None:
     try:
-        from nibabel.nicom import csareader
-
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # nibabel: "readers experimental"
+            from nibabel.nicom import csareader
         csa = csareader.get_csa_header(ds, "image")
         vector = csareader.get_vector(csa, "SliceNormalVector", 3) if csa else None
     except Exception:  # noqa: BLE001 - a damaged private header falls back to IOP
