@@ -232,26 +232,6 @@ def _present_segments(
     return [by_label[v] for v in present], lookup
 
 
-def _pixel_measures(source_images: Sequence[Dataset]) -> hd.PixelMeasuresSequence:
-    """Pixel spacing plus the true slice spacing computed from positions."""
-    geometries = _frame_geometries(source_images)
-    position, row_cos, col_cos, spacing = geometries[0]
-    normal = np.cross(row_cos, col_cos)
-    offsets = sorted(float(normal @ g[0]) for g in geometries)
-    steps = np.diff(offsets)
-    spacing_between = float(np.median(steps)) if len(steps) else None
-    thickness = getattr(source_images[0], "SliceThickness", None)
-    if thickness is None and len(source_images) == 1:
-        shared = source_images[0].get("SharedFunctionalGroupsSequence")
-        if shared and "PixelMeasuresSequence" in shared[0]:
-            thickness = shared[0].PixelMeasuresSequence[0].get("SliceThickness")
-    return hd.PixelMeasuresSequence(
-        pixel_spacing=[float(s) for s in spacing],
-        slice_thickness=float(thickness) if thickness is not None else spacing_between,
-        spacing_between_slices=round(spacing_between, 6) if spacing_between else None,
-    )
-
-
 def build_seg(
     labels: hd.Volume,
     source_images: Sequence[Dataset],
@@ -302,34 +282,57 @@ def build_seg(
     if not present:
         raise ExportError("The label volume holds no structure: no SEG to write.")
     series_uid = source_images[0].SeriesInstanceUID
-    parts = (series_uid, algorithm.name, algorithm.version, kind)
     descriptions = [
         _segment_description(n, info, algorithm, series_uid)
         for n, info in enumerate(present, start=1)
     ]
-    seg = hd.seg.Segmentation(
-        source_images=source_images,
-        pixel_array=lookup[frames],
-        segmentation_type=hd.seg.SegmentationTypeValues[kind.upper()],
-        segment_descriptions=descriptions,
-        series_instance_uid=derived_uid("seg-series", *parts),
+    seg = _build_segmentation(
+        source_images, lookup[frames], descriptions, algorithm, kind,
         series_number=series_number,
-        sop_instance_uid=derived_uid("seg-instance", *parts),
-        instance_number=1,
-        manufacturer=_equipment.MANUFACTURER,
-        manufacturer_model_name=_equipment.MODEL_NAME,
-        software_versions=_equipment.SOFTWARE_VERSION,
-        device_serial_number=_equipment.DEVICE_SERIAL_NUMBER,
-        transfer_syntax_uid=RLELossless if kind == "labelmap" else ExplicitVRLittleEndian,
-        pixel_measures=_pixel_measures(source_images),
         series_description=series_description or f"{algorithm.name} segmentation",
-        omit_empty_frames=True,
     )
     logger.info(
         "Built %s SEG %s with %d segments, %d frames for series %s",
         kind, seg.SOPInstanceUID, len(present), int(seg.NumberOfFrames), series_uid,
     )
     return seg
+
+
+def _build_segmentation(
+    source_images: Sequence[Dataset],
+    frames: np.ndarray,
+    descriptions: list[hd.seg.SegmentDescription],
+    algorithm: AlgorithmInfo,
+    kind: str,
+    *,
+    series_number: int,
+    series_description: str,
+) -> hd.seg.Segmentation:
+    """Call highdicom with frames already in source order (frame f = source f).
+
+    highdicom copies the source pixel measures and adds SpacingBetweenSlices
+    computed from the source positions (omitted if they are not evenly spaced).
+    """
+    parts = (source_images[0].SeriesInstanceUID, algorithm.name, algorithm.version, kind)
+    with _equipment.no_phi_warnings():
+        return hd.seg.Segmentation(
+            source_images=source_images,
+            pixel_array=frames,
+            segmentation_type=hd.seg.SegmentationTypeValues[kind.upper()],
+            segment_descriptions=descriptions,
+            series_instance_uid=derived_uid("seg-series", *parts),
+            series_number=series_number,
+            sop_instance_uid=derived_uid("seg-instance", *parts),
+            instance_number=1,
+            manufacturer=_equipment.MANUFACTURER,
+            manufacturer_model_name=_equipment.MODEL_NAME,
+            software_versions=_equipment.SOFTWARE_VERSION,
+            device_serial_number=_equipment.DEVICE_SERIAL_NUMBER,
+            transfer_syntax_uid=RLELossless if kind == "labelmap" else ExplicitVRLittleEndian,
+                series_description=series_description,
+            omit_empty_frames=True,
+            specific_character_set=_equipment.source_character_set(source_images[0]),
+        )
 
 
 def _validate_seg_type(seg_type: str) -> str:

@@ -218,21 +218,41 @@ def build_volumetry_sr(
         procedure_reported=_PROCEDURES.get(modality, codes.SCT.ImagingProcedure),
         imaging_measurements=_groups(seg, segments, measurements, algorithm, modality),
     )
-    series_uid = source_images[0].SeriesInstanceUID
-    parts = (series_uid, algorithm.name, algorithm.version, str(seg.SOPInstanceUID))
-    sr = hd.sr.Comprehensive3DSR(
-        evidence=[*source_images, seg],
-        content=report[0],
-        series_instance_uid=derived_uid("sr-series", *parts[:3]),
+    sr = _build_sr(
+        source_images, seg, report, algorithm,
         series_number=series_number,
-        sop_instance_uid=derived_uid("sr-instance", *parts),
-        instance_number=1,
-        manufacturer=_equipment.MANUFACTURER,
-        is_complete=True,
         series_description=series_description or f"{algorithm.name} volumetry",
     )
+    logger.info("Built volumetry SR %s with %d groups for series %s",
+                sr.SOPInstanceUID, len(measurements), source_images[0].SeriesInstanceUID)
+    return sr
+
+
+def _build_sr(
+    source_images: Sequence[Dataset],
+    seg: Dataset,
+    report: hd.sr.MeasurementReport,
+    algorithm: AlgorithmInfo,
+    *,
+    series_number: int,
+    series_description: str,
+) -> hd.sr.Comprehensive3DSR:
+    """Wrap the report in a Comprehensive 3D SR with derived UIDs and segnode's equipment."""
+    series_uid = source_images[0].SeriesInstanceUID
+    parts = (series_uid, algorithm.name, algorithm.version, str(seg.SOPInstanceUID))
+    with _equipment.no_phi_warnings():
+        sr = hd.sr.Comprehensive3DSR(
+            evidence=[*source_images, seg],
+            content=report[0],
+            series_instance_uid=derived_uid("sr-series", *parts[:3]),
+            series_number=series_number,
+            sop_instance_uid=derived_uid("sr-instance", *parts),
+            instance_number=1,
+            manufacturer=_equipment.MANUFACTURER,
+            is_complete=True,
+            series_description=series_description,
+            specific_character_set=_equipment.source_character_set(source_images[0]),
+        )
     sr.ManufacturerModelName = _equipment.MODEL_NAME
     sr.SoftwareVersions = _equipment.SOFTWARE_VERSION
-    logger.info("Built volumetry SR %s with %d groups for series %s",
-                sr.SOPInstanceUID, len(measurements), series_uid)
     return sr

@@ -267,3 +267,27 @@ def test_dciodvfy_no_errors(tmp_path, seg_type):
         # numbers start at 1 to highdicom's background segment 0.
         errors = [e for e in errors if e not in LEGACY_DCIODVFY_LABELMAP_ERRORS]
     assert not errors, "\n".join(errors)
+
+
+@pytest.mark.filterwarnings("ignore:Cannot determine value")
+def test_enhanced_multiframe_source_frames_land_on_positions():
+    sources, by_uid = make_series(OBLIQUE, reverse=True)
+    mf = to_bytes_and_back(hd.legacy.LegacyConvertedEnhancedMRImage(
+        sources, series_instance_uid=generate_uid(), series_number=5,
+        sop_instance_uid=generate_uid(), instance_number=1))
+    truth_at = {tuple(np.round(np.asarray(d.ImagePositionPatient, float), 3)):
+                by_uid[d.SOPInstanceUID] for d in sources}
+    seg = to_bytes_and_back(
+        build_seg(volume_from_slices(sources, by_uid, flip_k=True), [mf], SEGMENTS, ALGO))
+    number_to_value = {s.SegmentNumber: {i.label: i.number for i in SEGMENTS}[s.SegmentLabel]
+                       for s in seg.SegmentSequence}
+    for f, item in enumerate(seg.PerFrameFunctionalGroupsSequence):
+        ref = item.DerivationImageSequence[0].SourceImageSequence[0]
+        assert ref.ReferencedSOPInstanceUID == mf.SOPInstanceUID
+        src_frame = mf.PerFrameFunctionalGroupsSequence[int(ref.ReferencedFrameNumber) - 1]
+        ipp = np.asarray(item.PlanePositionSequence[0].ImagePositionPatient, float)
+        np.testing.assert_allclose(
+            ipp, src_frame.PlanePositionSequence[0].ImagePositionPatient, atol=1e-3)
+        value = number_to_value[item.SegmentIdentificationSequence[0].ReferencedSegmentNumber]
+        truth = truth_at[tuple(np.round(ipp, 3))] == value
+        np.testing.assert_array_equal(seg.pixel_array[f].astype(bool), truth)
