@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from pydicom.dataset import Dataset
 
+from dicom_io._geometry import orthonormal_orientation
 from segnode_errors import InputRejected
 
 __all__ = ["FrameInfo", "describe_frames", "frame_pixels"]
@@ -83,6 +84,15 @@ def _required(item: Dataset | None, keyword: str, where: str) -> list[float]:
     return [float(v) for v in item[keyword].value]
 
 
+def _orientation(item: Dataset | None, where: str) -> np.ndarray:
+    raw = _required(item, "ImageOrientationPatient", where)
+    cleaned = orthonormal_orientation(np.array(raw)) if len(raw) == 6 else None
+    if cleaned is None:
+        raise InputRejected(f"{where}: ImageOrientationPatient {raw} is not two unit "
+                            "vectors at right angles")
+    return cleaned
+
+
 def _rescale(item: Dataset) -> tuple[float, float]:
     slope = item.get("RescaleSlope", None)
     intercept = item.get("RescaleIntercept", None)
@@ -108,7 +118,7 @@ def _classic_frame(ds: Dataset, ds_index: int, where: str) -> FrameInfo:
         frame=None,
         tile=None,
         position=np.array(_required(ds, "ImagePositionPatient", where)),
-        orientation=np.array(_required(ds, "ImageOrientationPatient", where)),
+        orientation=_orientation(ds, where),
         pixel_spacing=(spacing[0], spacing[1]),
         rows=int(ds.Rows),
         columns=int(ds.Columns),
@@ -151,8 +161,7 @@ def _enhanced_frame(ds: Dataset, ds_index: int, i: int, where: str) -> FrameInfo
     label = f"{where} frame {i + 1}"
     position = _required(_functional_item(ds, i, "PlanePositionSequence"),
                          "ImagePositionPatient", label)
-    orientation = _required(_functional_item(ds, i, "PlaneOrientationSequence"),
-                            "ImageOrientationPatient", label)
+    orientation = _orientation(_functional_item(ds, i, "PlaneOrientationSequence"), label)
     spacing = _required(_functional_item(ds, i, "PixelMeasuresSequence"), "PixelSpacing", label)
     transform = _functional_item(ds, i, "PixelValueTransformationSequence")
     slope, intercept = _rescale(transform) if transform is not None else _rescale(ds)
@@ -172,7 +181,7 @@ def _enhanced_frame(ds: Dataset, ds_index: int, i: int, where: str) -> FrameInfo
         frame=i + 1,
         tile=None,
         position=np.array(position),
-        orientation=np.array(orientation),
+        orientation=orientation,
         pixel_spacing=(spacing[0], spacing[1]),
         rows=int(ds.Rows),
         columns=int(ds.Columns),

@@ -20,6 +20,7 @@ __all__ = [
     "build_affine",
     "check_even_spacing",
     "tilt_angle_deg",
+    "orthonormal_orientation",
 ]
 
 ORIENTATION_ATOL = 1e-3
@@ -31,6 +32,22 @@ def slice_normal(orientation: np.ndarray) -> np.ndarray:
     col_dir = np.asarray(orientation[3:6], dtype=float)
     normal = np.cross(row_dir, col_dir)
     return normal / np.linalg.norm(normal)
+
+
+def orthonormal_orientation(orientation: np.ndarray, *, tol: float = 0.01) -> np.ndarray | None:
+    """Gram-Schmidt clean-up of an ImageOrientationPatient rounded in the file.
+
+    Returns None when the two cosines are not unit vectors at right angles
+    within ``tol`` (a damaged header), else six orthonormal cosines.
+    """
+    row = np.asarray(orientation[:3], dtype=float)
+    col = np.asarray(orientation[3:6], dtype=float)
+    if (abs(np.linalg.norm(row) - 1) > tol or abs(np.linalg.norm(col) - 1) > tol
+            or abs(float(np.dot(row, col))) > tol):
+        return None
+    row = row / np.linalg.norm(row)
+    col = col - row * np.dot(row, col)
+    return np.concatenate([row, col / np.linalg.norm(col)])
 
 
 def same_orientation(a: np.ndarray, b: np.ndarray, atol: float = ORIENTATION_ATOL) -> bool:

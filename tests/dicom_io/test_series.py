@@ -244,3 +244,32 @@ def test_compressed_transfer_syntaxes_read_identically(tmp_path, synth, syntax):
     (sv,) = _read(tmp_path).volumes
     assert str(sv.source[0].file_meta.TransferSyntaxUID) == syntax
     np.testing.assert_array_equal(sv.volume.array[2], synth.pattern(2, 32, 32) * 2.0 - 5.0)
+
+
+def test_split_numbering_does_not_depend_on_file_names(tmp_path, synth):
+    axial = synth.axial_stack(UID, 5)
+    sagittal = synth.axial_stack(UID, 4, orientation=(0, 1, 0, 0, 0, -1), origin=(0, 0, 0))
+    keys = []
+    for run, names in enumerate([list("abcdefghi"), list("ihgfedcba")]):
+        folder = tmp_path / str(run)
+        synth.save_all(folder, axial + sagittal, names)
+        volumes = _read(folder).volumes
+        keys.append({v.key: v.volume.spatial_shape for v in volumes})
+    assert keys[0] == keys[1] and len(keys[0]) == 2
+
+
+def test_rounded_oblique_orientation_is_accepted(tmp_path, synth):
+    orientation = (0.7071, 0.7071, 0.0, 0.0, 0.0, -1.0)  # 4 decimals: not unit length
+    stack = synth.axial_stack(UID, 3, orientation=orientation)
+    synth.save_all(tmp_path, stack, list("abc"))
+    (sv,) = _read(tmp_path).volumes
+    np.testing.assert_allclose(np.linalg.norm(sv.volume.affine[:3, 2]), 0.8, atol=1e-9)
+
+
+def test_damaged_orientation_is_refused(tmp_path, synth):
+    stack = synth.axial_stack(UID, 3)
+    stack[1].ImageOrientationPatient = [1, 0, 0, 0.5, 1, 0]
+    synth.save_all(tmp_path, stack, list("abc"))
+    result = _read(tmp_path)
+    assert result.volumes == []
+    assert any("is not two unit vectors at right angles" in r.reason for r in result.rejected)
