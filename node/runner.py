@@ -1,0 +1,148 @@
+"""Run the pipeline over an input (a DICOM folder or a NIfTI file) and summarise.
+
+This is the API behind ``segnode segment``: it takes a :class:`RunSettings`,
+never loose keyword arguments, and returns a :class:`RunSummary` that the CLI
+prints and writes as the ``--report`` manifest.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from dicom_io.scan import find_series
+from dicom_io.series import read_series
+from node.pipeline import Pipeline, VolumeResult
+from node.progress import Progress
+from node.settings import RunSettings
+from segnode_errors import InputRejected, SegnodeError
+
+__all__ = ["RunSummary", "run_segment", "is_nifti"]
+
+logger = logging.getLogger(__name__)
+
+_VERSIONED = ("segnode", "torch", "nnunetv2", "highdicom", "pydicom", "SimpleITK", "numpy")
+
+
+def is_nifti(path: Path) -> bool:
+    """True for a ``.nii`` or ``.nii.gz`` file."""
+    return path.is_file() and (path.name.endswith(".nii") or path.name.endswith(".nii.gz"))
+
+
+@dataclass
+class RunSummary:
+    """Outcome of one run: per-volume results plus what produced them."""
+
+    input: str
+    output: str
+    results: list[VolumeResult] = field(default_factory=list)
+    engine: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def failed(self) -> list[VolumeResult]:
+        """Volumes or series that could not be processed."""
+        return [r for r in self.results if r.status == "failed"]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable form (paths as strings)."""
+        document = asdict(self)
+        for result in document["results"]:
+            result["folder"] = str(result["folder"]) if result["folder"] else None
+        return document
+
+
+def _versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def run_segment(input_path: Path, out_root: Path, settings: RunSettings) -> RunSummary:
+    """Segment every volume in ``input_path`` and write outputs under ``out_root``.
+
+    A series that cannot be read is recorded as failed with its reason; the
+    others still run. Outputs already complete for the same model version are
+    skipped.
+
+    Raises
+    ------
+    InputRejected
+        If ``input_path`` is neither a folder nor a NIfTI file.
+    """
+    if not input_path.exists():
+        raise InputRejected(f"Input '{input_path}' does not exist.")
+    if not (input_path.is_dir() or is_nifti(input_path)):
+        raise InputRejected(
+            f"Input '{input_path}' must be a folder of DICOM files or a .nii/.nii.gz file."
+        )
+    started = time.monotonic()
+    pipeline = Pipeline(settings)
+    summary = RunSummary(str(input_path), str(out_root), engine=pipeline.engine.describe(),
+                         versions=_versions())
+    if input_path.is_dir():
+        summary.results = _run_folder(pipeline, input_path, out_root)
+    else:
+        progress = Progress(1)
+        progress.start(input_path.name)
+        summary.results = [_guarded(input_path.name, progress,
+                                    lambda: pipeline.run_nifti(input_path, out_root, progress))]
+        progress.close()
+    summary.seconds = round(time.monotonic() - started, 2)
+    return summary
+
+
+def _run_folder(pipeline: Pipeline, folder: Path, out_root: Path) -> list[VolumeResult]:
+    series_list = find_series(folder)
+    if not series_list:
+        raise InputRejected(f"Input folder '{folder}' holds no DICOM image series.")
+    logger.info("found %d series in %s", len(series_list), folder)
+    progress = Progress(len(series_list))
+    results: list[VolumeResult] = []
+    for files in series_list:
+        progress.start(files.series_uid)
+        try:
+            read = read_series(files)
+        except SegnodeError as exc:
+            results.append(VolumeResult(files.series_uid, "failed", reason=str(exc)))
+            logger.error("series %s refused: %s", files.series_uid, exc)
+            progress.finish("failed")
+            continue
+        for rejection in read.rejected:
+            results.append(_rejection_result(rejection))
+        for volume in read.volumes:
+            results.append(_guarded(volume.key, progress,
+                                    lambda v=volume: pipeline.run_series_volume(v, out_root,
+                                                                                progress)))
+        if not read.volumes:
+            progress.finish("refused")
+    progress.close()
+    return results
+
+
+def _rejection_result(rejection: Any) -> VolumeResult:
+    status = "ignored" if getattr(rejection, "ignored", False) else "failed"
+    log = logger.info if status == "ignored" else logger.error
+    log("series %s %s: %s", rejection.key, status, rejection.reason)
+    return VolumeResult(rejection.key, status, reason=rejection.reason)
+
+
+def _guarded(key: str, progress: Progress, work: Any) -> VolumeResult:
+    """Run ``work``; a SegnodeError fails this volume only, with its reason."""
+    try:
+        result = work()
+    except SegnodeError as exc:
+        logger.error("volume %s failed: %s", key, exc)
+        result = VolumeResult(key, "failed", reason=str(exc))
+    progress.finish(result.status)
+    return result
