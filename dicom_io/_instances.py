@@ -9,7 +9,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from segnode_errors import InputRejected
+from segnode_errors import InputRejected, NotSegmented
 
 __all__ = ["read_instance", "strip_pixels"]
 
@@ -56,7 +56,7 @@ def read_instance(path: Path) -> Dataset:
     for prefix, what in _NON_IMAGE_PREFIXES.items():
         if sop_class == prefix or sop_class.startswith(prefix + "."):
             name = getattr(ds.SOPClassUID, "name", sop_class)
-            raise InputRejected(f"{path.name}: SOP class {name} ({sop_class}) is a {what}, "
+            raise NotSegmented(f"{path.name}: SOP class {name} ({sop_class}) is a {what}, "
                                 "not an image volume")
     if not any(k in ds for k in _PIXEL_KEYWORDS) or "Rows" not in ds:
         raise InputRejected(f"{path.name}: SOP class {sop_class} has no pixel data")

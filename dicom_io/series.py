@@ -43,7 +43,7 @@ from dicom_io._instances import read_instance, strip_pixels
 from dicom_io._stack import sort_and_check, stack_volume
 from dicom_io.scan import SeriesFiles
 from dicom_io.volume import Rejection, SeriesReadResult, SeriesVolume
-from segnode_errors import InputRejected
+from segnode_errors import InputRejected, NotSegmented
 
 __all__ = ["read_series", "SeriesReadResult", "SeriesVolume", "Rejection"]
 
@@ -78,7 +78,8 @@ def read_series(files: SeriesFiles, *, min_slices: int = 3) -> SeriesReadResult:
         try:
             frames.extend(describe_frames(ds, index, path.name))
         except InputRejected as exc:
-            rejected.append(Rejection(uid, f"series {uid}: {exc}", (str(path),)))
+            rejected.append(Rejection(uid, f"series {uid}: {exc}", (str(path),),
+                                      ignored=isinstance(exc, NotSegmented)))
     stacks = _group(frames, datasets)
     volumes: list[SeriesVolume] = []
     for n, stack in enumerate(stacks, start=1):
@@ -88,7 +89,8 @@ def read_series(files: SeriesFiles, *, min_slices: int = 3) -> SeriesReadResult:
             _refuse_localizer(stack, stacks)
             volumes.append(_build(key, stack, datasets, min_slices=min_slices))
         except (InputRejected, ValueError) as exc:  # ValueError: geometry hd.Volume refuses
-            rejected.append(Rejection(key, f"series {key}: {exc}", stack_paths))
+            rejected.append(Rejection(key, f"series {key}: {exc}", stack_paths,
+                                      ignored=isinstance(exc, NotSegmented)))
             logger.info("series %s: stack rejected: %s", key, exc)
     for ds in datasets:
         strip_pixels(ds)
@@ -106,7 +108,7 @@ def _read_all(files: SeriesFiles) -> tuple[list[Dataset], list[Path], list[Rejec
             ds = read_instance(Path(path))
         except InputRejected as exc:
             rejected.append(Rejection(files.series_uid, f"series {files.series_uid}: {exc}",
-                                      (str(path),)))
+                                      (str(path),), ignored=isinstance(exc, NotSegmented)))
             continue
         sop_uid = str(ds.get("SOPInstanceUID", ""))
         if sop_uid and sop_uid in seen:
@@ -156,13 +158,13 @@ def _split_repeats(group: list[FrameInfo], datasets: Sequence[Dataset]) -> list[
 
 def _refuse_localizer(stack: list[FrameInfo], stacks: list[list[FrameInfo]]) -> None:
     if any(f.localizer for f in stack):
-        raise InputRejected(f"localizer (ImageType LOCALIZER, {len(stack)} images); "
+        raise NotSegmented(f"localizer (ImageType LOCALIZER, {len(stack)} images); "
                             "localizers are never segmented")
     if len(stack) <= _LOCALIZER_MAX_SLICES and any(
         other is not stack and are_orthogonal(stack[0].orientation, other[0].orientation)
         for other in stacks
     ):
-        raise InputRejected(f"localizer: {len(stack)} slice(s) orthogonal to another plane of "
+        raise NotSegmented(f"localizer: {len(stack)} slice(s) orthogonal to another plane of "
                             "the series; localizers are never segmented")
 
 

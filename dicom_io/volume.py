@@ -65,11 +65,15 @@ class Rejection:
         Precise human-readable reason, naming what was expected and found.
     paths : tuple of str
         The files concerned (may be empty when the reason concerns the series).
+    ignored : bool
+        True for input that is never segmented by design (a localizer, a SEG,
+        an SR): reported, but not a failure.
     """
 
     key: str
     reason: str
     paths: tuple[str, ...] = ()
+    ignored: bool = False
 
 
 @dataclass(frozen=True)

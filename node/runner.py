@@ -17,6 +17,7 @@ from typing import Any
 
 from dicom_io.scan import find_series
 from dicom_io.series import read_series
+from dicom_io.volume import Rejection
 from node.pipeline import Pipeline, VolumeResult
 from node.progress import Progress
 from node.settings import RunSettings
@@ -130,8 +131,8 @@ def _run_folder(pipeline: Pipeline, folder: Path, out_root: Path) -> list[Volume
     return results
 
 
-def _rejection_result(rejection: Any) -> VolumeResult:
-    status = "ignored" if getattr(rejection, "ignored", False) else "failed"
+def _rejection_result(rejection: Rejection) -> VolumeResult:
+    status = "ignored" if rejection.ignored else "failed"
     log = logger.info if status == "ignored" else logger.error
     log("series %s %s: %s", rejection.key, status, rejection.reason)
     return VolumeResult(rejection.key, status, reason=rejection.reason)

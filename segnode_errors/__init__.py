@@ -5,7 +5,14 @@ imports nothing of theirs. Messages name the argument or file, what was
 expected and what was received.
 """
 
-__all__ = ["SegnodeError", "ConfigError", "InputRejected", "ModelError", "ExportError"]
+__all__ = [
+    "SegnodeError",
+    "ConfigError",
+    "InputRejected",
+    "NotSegmented",
+    "ModelError",
+    "ExportError",
+]
 
 
 class SegnodeError(Exception):
@@ -21,6 +28,15 @@ class InputRejected(SegnodeError):
 
     The message says which file or series and why, precisely enough for a
     PACS administrator to act on it.
+    """
+
+
+class NotSegmented(InputRejected):
+    """Raised for valid input that is never segmented by design.
+
+    Localizers, segmentations, reports, presentation states and other
+    non-image objects: they are skipped with their reason, and are not a
+    failure of the run.
     """
 
 

@@ -135,6 +135,7 @@ def test_localizer_image_type_is_never_a_volume(tmp_path, synth):
     result = _read(tmp_path)
     assert result.volumes == []
     assert "localizer" in result.rejected[0].reason
+    assert result.rejected[0].ignored  # never segmented by design: not a failure
 
 
 def test_three_plane_localizer_is_ignored(tmp_path, synth):
@@ -213,6 +214,13 @@ def test_non_image_sop_class_is_refused_others_still_read(tmp_path, synth):
     assert [v.volume.spatial_shape for v in result.volumes] == [(3, 5, 4)]
     (rejection,) = result.rejected
     assert rejection.paths[0].endswith("sr") and "not an image volume" in rejection.reason
+    assert rejection.ignored
+
+
+def test_a_refused_image_stack_is_not_ignored(tmp_path, synth):
+    synth.save_all(tmp_path, synth.axial_stack(UID, 1), ["a"])
+    (rejection,) = _read(tmp_path).rejected
+    assert not rejection.ignored
 
 
 def test_gantry_tilt_is_resampled_onto_orthogonal_grid(tmp_path, synth):
