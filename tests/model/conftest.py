@@ -1,0 +1,173 @@
+"""Fixtures for the model tests: a tiny nnU-Net v2 model folder with random weights.
+
+The folder has exactly the layout nnU-Net writes after training (plans.json,
+dataset.json, fold_0/checkpoint_final.pth) and is loaded through the same
+code path as a real pack (``load_pack`` -> ``SegmentationEngine``). The
+network is built from the plans with nnunetv2's own ``get_network_from_plans``
+and its seeded random ``state_dict`` is saved as ``network_weights``.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.labels import MRSEGMENTATOR
+
+TINY_PATCH = [16, 16, 16]
+TINY_SPACING = [2.0, 2.0, 2.0]
+
+
+def _architecture() -> dict:
+    return {
+        "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+        "arch_kwargs": {
+            "n_stages": 3,
+            "features_per_stage": [4, 8, 16],
+            "conv_op": "torch.nn.modules.conv.Conv3d",
+            "kernel_sizes": [[3, 3, 3]] * 3,
+            "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2]],
+            "n_conv_per_stage": [1, 1, 1],
+            "n_conv_per_stage_decoder": [1, 1],
+            "conv_bias": True,
+            "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
+            "norm_op_kwargs": {"eps": 1e-05, "affine": True},
+            "dropout_op": None,
+            "dropout_op_kwargs": None,
+            "nonlin": "torch.nn.LeakyReLU",
+            "nonlin_kwargs": {"inplace": True},
+        },
+        "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
+    }
+
+
+def tiny_plans() -> dict:
+    """plans.json of a 3-stage 3d_fullres PlainConvUNet (16^3 patch, 2 mm spacing)."""
+    resample = "resample_data_or_seg_to_shape"
+    return {
+        "dataset_name": "Dataset999_Tiny",
+        "plans_name": "nnUNetPlans",
+        "original_median_spacing_after_transp": TINY_SPACING,
+        "original_median_shape_after_transp": [32, 32, 32],
+        "image_reader_writer": "SimpleITKIO",
+        "transpose_forward": [0, 1, 2],
+        "transpose_backward": [0, 1, 2],
+        "configurations": {
+            "3d_fullres": {
+                "data_identifier": "nnUNetPlans_3d_fullres",
+                "preprocessor_name": "DefaultPreprocessor",
+                "batch_size": 2,
+                "patch_size": TINY_PATCH,
+                "median_image_size_in_voxels": [32, 32, 32],
+                "spacing": TINY_SPACING,
+                "normalization_schemes": ["ZScoreNormalization"],
+                "use_mask_for_norm": [False],
+                "resampling_fn_data": resample,
+                "resampling_fn_seg": resample,
+                "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0,
+                                              "force_separate_z": None},
+                "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0,
+                                             "force_separate_z": None},
+                "resampling_fn_probabilities": resample,
+                "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1,
+                                                       "order_z": 0, "force_separate_z": None},
+                "architecture": _architecture(),
+                "batch_dice": False,
+            }
+        },
+        "experiment_planner_used": "ExperimentPlanner",
+        "label_manager": "LabelManager",
+        "foreground_intensity_properties_per_channel": {
+            "0": {"max": 1000.0, "mean": 100.0, "median": 100.0, "min": 0.0,
+                  "percentile_00_5": 0.0, "percentile_99_5": 900.0, "std": 50.0}
+        },
+    }
+
+
+def write_tiny_model(folder: Path, *, labels: dict[str, int] | None = None, seed: int = 0,
+                     folds: tuple[int, ...] = (0,), metadata: dict | None = None) -> Path:
+    """Write a tiny nnU-Net v2 model folder with seeded random weights.
+
+    Parameters
+    ----------
+    folder : Path
+        Destination (created).
+    labels : dict, optional
+        dataset.json labels; default the 40 MRSegmentator labels plus background.
+    seed : int
+        torch seed of the random weights (fold f uses ``seed + f``).
+    folds : tuple of int
+        Folds to write.
+    metadata : dict, optional
+        Written as segnode.json when given.
+    """
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if labels is None:
+        labels = {"background": 0, **{s.name: s.index for s in MRSEGMENTATOR}}
+    plans = tiny_plans()
+    dataset = {"channel_names": {"0": "MRI"}, "labels": labels, "numTraining": 1,
+               "file_ending": ".nii.gz"}
+    (folder / "plans.json").write_text(json.dumps(plans, indent=2))
+    (folder / "dataset.json").write_text(json.dumps(dataset, indent=2))
+    arch = plans["configurations"]["3d_fullres"]["architecture"]
+    for fold in folds:
+        torch.manual_seed(seed + fold)
+        net = get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"],
+                                     arch["_kw_requires_import"], 1, len(labels),
+                                     allow_init=True, deep_supervision=False)
+        (folder / f"fold_{fold}").mkdir(exist_ok=True)
+        torch.save({
+            "network_weights": net.state_dict(),
+            "trainer_name": "nnUNetTrainer",
+            "init_args": {"plans": plans, "configuration": "3d_fullres", "fold": fold,
+                          "dataset_json": dataset},
+            "inference_allowed_mirroring_axes": (0, 1, 2),
+        }, folder / f"fold_{fold}" / "checkpoint_final.pth")
+    if metadata is not None:
+        (folder / "segnode.json").write_text(json.dumps(metadata))
+    return folder
+
+
+def zip_folder(folder: Path, archive: Path, *, prefix: str = "") -> Path:
+    """Zip ``folder``'s files under ``prefix`` inside the archive."""
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                zf.write(path, prefix + str(path.relative_to(folder)))
+    return archive
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny MRSegmentator-labelled model with folds 0 and 1."""
+    return write_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny_model", folds=(0, 1),
+                            metadata={"name": "tiny", "version": "0.0.1",
+                                      "description": "random weights",
+                                      "input_orientation": "LPS"})
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tiny_model_dir: Path):
+    """A CPU engine over the tiny model, shared by the session (loaded once)."""
+    from model.engine import SegmentationEngine
+    from model.packs import load_pack
+
+    return SegmentationEngine(load_pack(tiny_model_dir), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def make_tiny_model():
+    """The :func:`write_tiny_model` function, for tests that need their own folder."""
+    return write_tiny_model
+
+
+@pytest.fixture(scope="session")
+def make_zip():
+    """The :func:`zip_folder` function."""
+    return zip_folder

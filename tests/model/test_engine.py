@@ -1,0 +1,176 @@
+"""The engine on a tiny random nnU-Net model (CPU): grids, orientation, devices."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pytest
+import torch
+
+from model._nnunet import labels_from_nnunet, validate_orientation, volume_to_nnunet
+from model.device import parse_device, resolve_device
+from model.engine import SegmentationEngine
+from model.packs import load_pack
+from segnode_errors import ConfigError, InputRejected, ModelError
+
+AXIAL = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]).T  # k->H, j->P, i->L
+
+
+def _rotation(ax: float, ay: float, az: float) -> np.ndarray:
+    cx, sx, cy, sy, cz, sz = (np.cos(ax), np.sin(ax), np.cos(ay), np.sin(ay),
+                              np.cos(az), np.sin(az))
+    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def _volume(direction: np.ndarray, shape: tuple[int, int, int] = (12, 20, 24),
+            spacing: tuple[float, float, float] = (3.0, 1.5, 1.5), seed: int = 0) -> hd.Volume:
+    rng = np.random.default_rng(seed)
+    zz, yy, xx = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    blob = 400.0 * np.exp(-(zz**2 + (yy - 0.3) ** 2 + (xx + 0.2) ** 2) * 3.0)
+    array = (blob + 50.0 * rng.random(shape)).astype(np.float32)
+    return hd.Volume.from_components(
+        array, position=(-20.0, 15.0, 7.5), direction=direction, spacing=spacing,
+        coordinate_system="PATIENT", frame_of_reference_uid="1.2.826.0.1.3680043.10.511.1",
+    )
+
+
+def _assert_same_grid(labels: hd.Volume, image: hd.Volume) -> None:
+    assert labels.spatial_shape == image.spatial_shape
+    assert np.array_equal(labels.affine, image.affine)
+    assert labels.frame_of_reference_uid == image.frame_of_reference_uid
+    assert labels.array.dtype == np.uint8
+
+
+def test_tiny_model_loads_and_describes(tiny_engine: SegmentationEngine) -> None:
+    info = tiny_engine.describe()
+    assert info["device"] == "cpu"
+    assert info["folds"] == [0]  # CPU default: first fold only
+    assert info["tile_step_size"] == 0.75
+    assert info["model_name"] == "tiny" and info["model_version"] == "0.0.1"
+    assert len(info["weights_sha256"]) == 64
+    assert info["torch_version"] == torch.__version__
+    assert info["network_class"].endswith("PlainConvUNet")
+    assert info["export_resampling"] == "resample_torch_fornnunet"
+    assert info["use_mirroring"] is True
+
+
+@pytest.mark.parametrize("name,direction", [
+    ("axial", AXIAL),
+    ("reversed", AXIAL @ np.diag([-1.0, 1.0, -1.0])),
+    ("oblique", _rotation(0.35, -0.2, 0.5) @ AXIAL[:, [2, 0, 1]]),
+])
+def test_labels_on_identical_grid(tiny_engine: SegmentationEngine, name: str,
+                                  direction: np.ndarray) -> None:
+    image = _volume(direction)
+    labels = tiny_engine.segment(image)
+    _assert_same_grid(labels, image)
+    assert labels.array.max() <= tiny_engine.pack.labels.max_index
+    assert set(tiny_engine.last_timings) >= {"preprocess_s", "predict_s", "export_s"}
+
+
+@pytest.mark.parametrize("perm,flips", [((0, 1, 2), (0,)), ((2, 0, 1), (1, 2)), ((1, 2, 0), ())])
+@pytest.mark.parametrize("oblique", [False, True])
+def test_spatially_consistent_under_permutation_and_flip(
+    tiny_engine: SegmentationEngine, perm: tuple[int, int, int], flips: tuple[int, ...],
+    oblique: bool,
+) -> None:
+    """The same voxels on a permuted/flipped grid give the same labels at the same place."""
+    direction = _rotation(0.3, 0.25, -0.4) @ AXIAL if oblique else AXIAL
+    image = _volume(direction)
+    other = image.flip_spatial(flips) if flips else image
+    other = other.permute_spatial_axes(perm)
+    labels = tiny_engine.segment(image)
+    labels_other = tiny_engine.segment(other)
+    _assert_same_grid(labels_other, other)
+    expected = labels.flip_spatial(flips) if flips else labels
+    expected = expected.permute_spatial_axes(perm)
+    assert np.array_equal(expected.affine, labels_other.affine)
+    assert np.array_equal(expected.array, labels_other.array)
+
+
+def test_model_sees_its_input_orientation() -> None:
+    """An axial DICOM-order volume reaches nnU-Net as [S, P, L] for an LPS model."""
+    image = _volume(AXIAL @ np.diag([-1.0, -1.0, 1.0]))  # k->F, j->A, i->L
+    prepared = volume_to_nnunet(image, "LPS")
+    assert [d.value for d in prepared.model_grid.get_closest_patient_orientation()] == \
+        ["H", "P", "L"]
+    assert np.array_equal(prepared.array[0], image.array[::-1, ::-1, :])
+    assert prepared.spacing == pytest.approx((3.0, 1.5, 1.5))
+    las = volume_to_nnunet(image, "LAS")
+    assert [d.value for d in las.model_grid.get_closest_patient_orientation()] == ["H", "A", "L"]
+    back = labels_from_nnunet(prepared.array[0].astype(np.int16), prepared)
+    assert np.array_equal(back.array, image.array.astype(np.int16))
+
+
+def test_bad_orientation_and_input() -> None:
+    with pytest.raises(ModelError, match="input_orientation"):
+        validate_orientation("LPL")
+    with pytest.raises(InputRejected, match="channels"):
+        volume_to_nnunet(hd.Volume(np.zeros((2, 3, 4, 2)), np.eye(4), "PATIENT",
+                                   channels={"OpticalPathIdentifier": ["1", "2"]}), "LPS")
+
+
+def test_folds_and_tile_step_validation(tiny_model_dir: Path) -> None:
+    pack = load_pack(tiny_model_dir)
+    assert pack.folds == (0, 1)
+    engine = SegmentationEngine(pack, device="cpu", folds=["0", 1], tile_step_size=1.0)
+    assert engine.describe()["folds"] == [0, 1]
+    assert engine.describe()["tile_step_size"] == 1.0
+    labels = engine.segment(_volume(AXIAL, shape=(8, 12, 12)))
+    assert labels.spatial_shape == (8, 12, 12)
+    with pytest.raises(ModelError, match="available folds"):
+        SegmentationEngine(pack, device="cpu", folds=[3])
+    with pytest.raises(ModelError, match="tile_step_size"):
+        SegmentationEngine(pack, device="cpu", tile_step_size=0.0)
+
+
+@dataclass
+class FakeCuda:
+    """A CUDA probe for the device tests (the GPU is an edge: faked by injection)."""
+
+    available: bool
+    count: int = 0
+
+    def is_available(self) -> bool:
+        return self.available
+
+    def device_count(self) -> int:
+        return self.count
+
+
+@pytest.mark.parametrize("spec,expected", [
+    ("auto", ("auto", None)), ("CPU", ("cpu", None)), ("cuda", ("cuda", None)),
+    ("cuda:1", ("cuda", 1)), ("gpu:0", ("cuda", 0)), (" gpu ", ("cuda", None)),
+])
+def test_parse_device(spec: str, expected: tuple[str, int | None]) -> None:
+    assert parse_device(spec) == expected
+
+
+@pytest.mark.parametrize("spec", ["", "tpu", "cuda:", "cuda:x", "cpu:1", "auto:0", "cuda:-1"])
+def test_parse_device_rejects(spec: str) -> None:
+    with pytest.raises(ConfigError, match="Invalid 'device' value"):
+        parse_device(spec)
+
+
+def test_resolve_device_with_fake_gpu(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("INFO", logger="model.device"):
+        assert resolve_device("auto", cuda=FakeCuda(True, 2)) == torch.device("cuda", 0)
+    assert "cuda:0" in caplog.text
+    assert resolve_device("auto", cuda=FakeCuda(False)) == torch.device("cpu")
+    assert resolve_device("gpu:1", cuda=FakeCuda(True, 2)) == torch.device("cuda", 1)
+    assert resolve_device("cpu", cuda=FakeCuda(True, 2)) == torch.device("cpu")
+    with pytest.raises(ConfigError, match="only 2 CUDA"):
+        resolve_device("cuda:2", cuda=FakeCuda(True, 2))
+    with pytest.raises(ConfigError, match="not available"):
+        resolve_device("cuda", cuda=FakeCuda(False))
+
+
+def test_engine_rejects_bad_device(tiny_model_dir: Path) -> None:
+    with pytest.raises(ConfigError):
+        SegmentationEngine(load_pack(tiny_model_dir), device="cuda:7", cuda=FakeCuda(False))
