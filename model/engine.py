@@ -108,7 +108,8 @@ class SegmentationEngine:
         plans name nnU-Net's default (skimage) resampling; ``"plans"`` always
         uses the function named in the plans.
     num_threads : int, optional
-        torch CPU threads (process-wide). Default: the CPUs available.
+        torch CPU threads, set process-wide (``torch.set_num_threads``) and
+        passed to nnU-Net's export. Default: the CPUs this process may use.
     cuda : CudaProbe, optional
         CUDA availability probe (``torch.cuda``); injected by tests.
 
@@ -140,8 +141,7 @@ class SegmentationEngine:
         self._tile_step = self._validate_tile_step(tile_step_size, on_cuda)
         self._on_device = bool(gpu_fast_path and on_cuda)
         self._threads = int(num_threads or _available_cpus())
-        if self._device.type == "cpu":
-            torch.set_num_threads(self._threads)
+        torch.set_num_threads(self._threads)  # process-wide; preprocessing and export run on CPU
         self.last_timings: dict[str, float] = {}
         started = time.perf_counter()
         self._build(use_mirroring, export_resampling)
@@ -376,6 +376,7 @@ class SegmentationEngine:
             "tile_step_size": self._tile_step,
             "use_mirroring": self._mirroring,
             "perform_everything_on_device": self._on_device,
+            "autocast": "fp16 (nnU-Net, CUDA only)" if self._device.type == "cuda" else None,
             "export_resampling": self._export_resampling,
             "num_threads": self._threads,
             "torch_version": torch.__version__,

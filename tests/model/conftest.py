@@ -88,8 +88,32 @@ def tiny_plans() -> dict:
     }
 
 
+def mrsegmentator_style(plans: dict) -> dict:
+    """Rewrite plans the way MRSegmentator's are: pre-2.3 format, ``3d_fullres_bs8``.
+
+    The architecture goes back to the old ``UNet_class_name`` keys (nnunetv2
+    converts them on load, with a warning) and a ``3d_fullres_bs8``
+    configuration inherits from ``3d_fullres``.
+    """
+    config = plans["configurations"]["3d_fullres"]
+    arch = config.pop("architecture")["arch_kwargs"]
+    config.update({
+        "UNet_class_name": "PlainConvUNet",
+        "UNet_base_num_features": arch["features_per_stage"][0],
+        "unet_max_num_features": arch["features_per_stage"][-1],
+        "n_conv_per_stage_encoder": arch["n_conv_per_stage"],
+        "n_conv_per_stage_decoder": arch["n_conv_per_stage_decoder"],
+        "num_pool_per_axis": [2, 2, 2],
+        "pool_op_kernel_sizes": arch["strides"],
+        "conv_kernel_sizes": arch["kernel_sizes"],
+    })
+    plans["configurations"]["3d_fullres_bs8"] = {"inherits_from": "3d_fullres", "batch_size": 8}
+    return plans
+
+
 def write_tiny_model(folder: Path, *, labels: dict[str, int] | None = None, seed: int = 0,
-                     folds: tuple[int, ...] = (0,), metadata: dict | None = None) -> Path:
+                     folds: tuple[int, ...] = (0,), metadata: dict | None = None,
+                     mrsegmentator_like: bool = False) -> Path:
     """Write a tiny nnU-Net v2 model folder with seeded random weights.
 
     Parameters
@@ -104,6 +128,9 @@ def write_tiny_model(folder: Path, *, labels: dict[str, int] | None = None, seed
         Folds to write.
     metadata : dict, optional
         Written as segnode.json when given.
+    mrsegmentator_like : bool
+        Old-format plans, configuration ``3d_fullres_bs8`` and trainer
+        ``nnUNetTrainerNoMirroring`` without mirroring axes, as MRSegmentator ships.
     """
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
@@ -113,9 +140,13 @@ def write_tiny_model(folder: Path, *, labels: dict[str, int] | None = None, seed
     plans = tiny_plans()
     dataset = {"channel_names": {"0": "MRI"}, "labels": labels, "numTraining": 1,
                "file_ending": ".nii.gz"}
+    arch = plans["configurations"]["3d_fullres"]["architecture"]
+    configuration, trainer, mirror = "3d_fullres", "nnUNetTrainer", (0, 1, 2)
+    if mrsegmentator_like:
+        plans = mrsegmentator_style(plans)
+        configuration, trainer, mirror = "3d_fullres_bs8", "nnUNetTrainerNoMirroring", None
     (folder / "plans.json").write_text(json.dumps(plans, indent=2))
     (folder / "dataset.json").write_text(json.dumps(dataset, indent=2))
-    arch = plans["configurations"]["3d_fullres"]["architecture"]
     for fold in folds:
         torch.manual_seed(seed + fold)
         net = get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"],
@@ -124,10 +155,10 @@ def write_tiny_model(folder: Path, *, labels: dict[str, int] | None = None, seed
         (folder / f"fold_{fold}").mkdir(exist_ok=True)
         torch.save({
             "network_weights": net.state_dict(),
-            "trainer_name": "nnUNetTrainer",
-            "init_args": {"plans": plans, "configuration": "3d_fullres", "fold": fold,
+            "trainer_name": trainer,
+            "init_args": {"plans": plans, "configuration": configuration, "fold": fold,
                           "dataset_json": dataset},
-            "inference_allowed_mirroring_axes": (0, 1, 2),
+            "inference_allowed_mirroring_axes": mirror,
         }, folder / f"fold_{fold}" / "checkpoint_final.pth")
     if metadata is not None:
         (folder / "segnode.json").write_text(json.dumps(metadata))

@@ -174,3 +174,55 @@ def test_resolve_device_with_fake_gpu(caplog: pytest.LogCaptureFixture) -> None:
 def test_engine_rejects_bad_device(tiny_model_dir: Path) -> None:
     with pytest.raises(ConfigError):
         SegmentationEngine(load_pack(tiny_model_dir), device="cuda:7", cuda=FakeCuda(False))
+
+
+def test_mrsegmentator_style_folder(tmp_path: Path, make_tiny_model) -> None:
+    """Old-format plans, an inheriting configuration and a NoMirroring trainer load and run."""
+    folder = make_tiny_model(tmp_path / "mrseg", folds=(0, 1, 2, 3, 4), mrsegmentator_like=True)
+    pack = load_pack(folder)
+    assert pack.folds == (0, 1, 2, 3, 4) and len(pack.labels) == 40
+    with pytest.warns(UserWarning, match="old nnU-Net plans format"):
+        engine = SegmentationEngine(pack, device="cpu", folds=(0, 4))
+    info = engine.describe()
+    assert info["configuration"] == "3d_fullres_bs8"
+    assert info["trainer_name"] == "nnUNetTrainerNoMirroring"
+    assert info["use_mirroring"] is False  # no mirroring axes in the checkpoint
+    image = _volume(AXIAL, shape=(8, 12, 12))
+    _assert_same_grid(engine.segment(image), image)
+
+
+def test_same_labels_as_nnunets_own_predictor(tiny_model_dir: Path) -> None:
+    """Our route (network from plans + manual_initialization) equals nnU-Net's own loader."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    engine = SegmentationEngine(load_pack(tiny_model_dir), device="cpu", folds=(0, 1),
+                                tile_step_size=0.5, export_resampling="plans")
+    assert engine.describe()["export_resampling"] == "resample_data_or_seg_to_shape"
+    image = _volume(AXIAL)
+    ours = engine.segment(image)
+
+    predictor = nnUNetPredictor(tile_step_size=0.5, device=torch.device("cpu"), allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(str(tiny_model_dir), use_folds=(0, 1))
+    prepared = volume_to_nnunet(image, "LPS")
+    theirs = predictor.predict_single_npy_array(prepared.array, {"spacing": list(prepared.spacing)})
+    assert np.array_equal(ours.array, labels_from_nnunet(theirs.astype(np.uint8), prepared).array)
+
+
+def test_round_trip_exact_for_many_grids() -> None:
+    """Labels map back exactly for random rotations, flips, and the 45-degree tie."""
+    rng = np.random.default_rng(7)
+    s = 1.0 / np.sqrt(2.0)
+    directions = [np.array([[s, s, 0.0], [s, -s, 0.0], [0.0, 0.0, 1.0]]).T]
+    directions += [_rotation(*rng.uniform(-np.pi, np.pi, 3)) for _ in range(20)]
+    for direction in directions:
+        image = _volume(direction, shape=(3, 4, 5))
+        for orientation in ("LPS", "LAS", "RAS"):
+            prepared = volume_to_nnunet(image, orientation)
+            values = np.arange(60, dtype=np.int16).reshape(3, 4, 5)
+            on_source = image.get_geometry().with_array(values)
+            reordered = on_source.to_patient_orientation(orientation[::-1]).array
+            if not np.array_equal(np.sort(prepared.array.ravel()), np.sort(image.array.ravel())):
+                raise AssertionError("voxel values changed")
+            back = labels_from_nnunet(reordered, prepared)
+            assert np.array_equal(back.affine, image.affine)
+            assert np.array_equal(back.array, values)
