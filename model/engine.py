@@ -26,12 +26,16 @@ device
 autocast                  off                  nnU-Net's (fp16)
 export resampling         torch if the plans use nnU-Net's default
                           (skimage, order 1 / order_z 0), else the plans'
+export on GPU             no                   yes with torch resampling
+                                               and ``gpu_fast_path``
+                                               (CPU on OOM)
 ========================  ===================  =====================
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import logging
@@ -218,6 +222,7 @@ class SegmentationEngine:
                 raise ModelError(
                     f"Cascade configuration '{meta['configuration']}' is not supported.")
             self._export_resampling = self._choose_export_resampling(cm, export_resampling)
+            self._export_cm_gpu = self._gpu_export_configuration(cm)
             network = self._build_network(plans_manager, cm, dataset_json, params[0])
             predictor = nnUNetPredictor(
                 tile_step_size=self._tile_step, use_gaussian=True, use_mirroring=use_mirroring,
@@ -254,6 +259,15 @@ class SegmentationEngine:
         except (ImportError, RuntimeError, TypeError, KeyError) as exc:
             raise ModelError(f"Could not build the network named in plans.json: {exc}") from exc
         return network.eval()
+
+    def _gpu_export_configuration(self, cm: Any) -> Any:
+        """A copy of ``cm`` whose torch export resampling runs on the CUDA device, or None."""
+        if not (self._on_device and cm.configuration["resampling_fn_probabilities"]
+                == "resample_torch_fornnunet"):
+            return None
+        config = copy.deepcopy(cm.configuration)
+        config["resampling_fn_probabilities_kwargs"]["device"] = self._device
+        return type(cm)(config)
 
     @staticmethod
     def _choose_export_resampling(cm: Any, choice: ExportResampling) -> str:
@@ -310,10 +324,6 @@ class SegmentationEngine:
         return labels_from_nnunet(labels.astype(dtype, copy=False), prepared)
 
     def _predict(self, prepared: NnunetInput) -> np.ndarray:
-        from nnunetv2.inference.export_prediction import (
-            convert_predicted_logits_to_segmentation_with_correct_shape,
-        )
-
         p = self._predictor
         t0 = time.perf_counter()
         preprocessor = p.configuration_manager.preprocessor_class(verbose=False)
@@ -325,14 +335,39 @@ class SegmentationEngine:
         with _nnunet_stdout():
             logits = p.predict_logits_from_preprocessed_data(torch.from_numpy(data)).cpu()
         t2 = time.perf_counter()
-        labels = convert_predicted_logits_to_segmentation_with_correct_shape(
-            logits, p.plans_manager, p.configuration_manager, p.label_manager, props,
-            return_probabilities=False, num_threads_torch=self._threads,
-        )
+        labels = self._export(logits, props, on_device=p.device.type == "cuda")
         del logits
         t3 = time.perf_counter()
         self.last_timings = {"preprocess_s": t1 - t0, "predict_s": t2 - t1, "export_s": t3 - t2}
         return np.asarray(labels)
+
+    def _export(self, logits: torch.Tensor, props: dict[str, Any], *, on_device: bool) -> Any:
+        """nnU-Net's export: resample logits to the input shape, argmax, undo the crop.
+
+        With torch resampling on CUDA the resampling runs on the GPU; if that
+        runs out of memory it is redone on the CPU.
+        """
+        from nnunetv2.inference.export_prediction import (
+            convert_predicted_logits_to_segmentation_with_correct_shape,
+        )
+
+        p = self._predictor
+        cm = self._export_cm_gpu if on_device and self._export_cm_gpu is not None else \
+            p.configuration_manager
+        try:
+            return convert_predicted_logits_to_segmentation_with_correct_shape(
+                logits, p.plans_manager, cm, p.label_manager, props,
+                return_probabilities=False, num_threads_torch=self._threads,
+            )
+        except torch.cuda.OutOfMemoryError:
+            if cm is p.configuration_manager:
+                raise
+            logger.warning("CUDA out of memory while resampling; resampling on the CPU.")
+            torch.cuda.empty_cache()
+            return convert_predicted_logits_to_segmentation_with_correct_shape(
+                logits, p.plans_manager, p.configuration_manager, p.label_manager, props,
+                return_probabilities=False, num_threads_torch=self._threads,
+            )
 
     def _predict_on_cpu(self, prepared: NnunetInput) -> np.ndarray:
         p = self._predictor
@@ -378,6 +413,7 @@ class SegmentationEngine:
             "perform_everything_on_device": self._on_device,
             "autocast": "fp16 (nnU-Net, CUDA only)" if self._device.type == "cuda" else None,
             "export_resampling": self._export_resampling,
+            "export_on_device": self._export_cm_gpu is not None,
             "num_threads": self._threads,
             "torch_version": torch.__version__,
             "nnunetv2_version": getattr(nnunetv2, "__version__", _dist_version("nnunetv2")),

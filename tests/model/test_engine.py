@@ -226,3 +226,19 @@ def test_round_trip_exact_for_many_grids() -> None:
             back = labels_from_nnunet(reordered, prepared)
             assert np.array_equal(back.affine, image.affine)
             assert np.array_equal(back.array, values)
+
+
+def test_gpu_defaults_recorded_with_fake_gpu(tiny_model_dir: Path) -> None:
+    """Construction only (no CUDA here): what a GPU engine would run with."""
+    engine = SegmentationEngine(load_pack(tiny_model_dir), device="auto",
+                                cuda=FakeCuda(True, 1))
+    info = engine.describe()
+    assert info["device"] == "cuda:0"
+    assert info["folds"] == [0, 1]  # all folds on GPU
+    assert info["tile_step_size"] == 0.5
+    assert info["perform_everything_on_device"] is True
+    assert info["export_on_device"] is True
+    slow = SegmentationEngine(load_pack(tiny_model_dir), device="cuda", gpu_fast_path=False,
+                              cuda=FakeCuda(True, 1))
+    assert slow.describe()["perform_everything_on_device"] is False
+    assert slow.describe()["export_on_device"] is False
