@@ -342,7 +342,7 @@ def make_grid(
     rng: np.random.Generator | None = None,
     fov_mm: tuple[float, float, float] | None = None,
     center_mm: tuple[float, float, float] = (0.0, 0.0, 0.0),
-    max_oblique_deg: float = 25.0,
+    max_oblique_deg: float = 20.0,
 ) -> GridGeometry:
     """Build a voxel grid around a centre point.
 
