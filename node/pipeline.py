@@ -81,6 +81,7 @@ class Pipeline:
         started = time.monotonic()
         labels, rows, flags = self._segment_and_measure(series.volume, series.modality, progress)
         progress.stage("write")
+        outputs.folder.mkdir(parents=True, exist_ok=True)
         files = exports.write_dicom_outputs(
             series, labels, rows, pack=self.pack, outputs=outputs,
             seg_type=self.settings.seg_type,
@@ -99,10 +100,10 @@ class Pipeline:
         if outputs.is_complete(self.model_id):
             return VolumeResult(key, "skipped", outputs.folder, "outputs complete")
         started = time.monotonic()
-        progress.stage("read")
         image = read_nifti(path)
         labels, rows, flags = self._segment_and_measure(image, None, progress)
         progress.stage("write")
+        outputs.folder.mkdir(parents=True, exist_ok=True)
         write_label_nifti(labels, outputs.labels)
         outputs.write_tables(rows, self._table_extra(key, flags))
         outputs.write_manifest(self.model_id, [outputs.labels, outputs.table_csv,

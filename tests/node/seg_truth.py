@@ -74,3 +74,28 @@ def dice_against_phantom(
         for name in names.values()
         if truth_count[name] + seg_count[name] > 0
     }
+
+
+def seg_voxel_counts(seg: pydicom.Dataset) -> dict[str, int]:
+    """Number of voxels per segment (by TrackingID) in a BINARY SEG."""
+    names = {item.SegmentNumber: str(item.TrackingID) for item in seg.SegmentSequence}
+    pixels = seg.pixel_array.reshape(int(seg.NumberOfFrames), seg.Rows, seg.Columns)
+    counts = dict.fromkeys(names.values(), 0)
+    for frame, item in zip(pixels, seg.PerFrameFunctionalGroupsSequence, strict=True):
+        number = item.SegmentIdentificationSequence[0].ReferencedSegmentNumber
+        counts[names[number]] += int(np.count_nonzero(frame))
+    return counts
+
+
+def source_voxel_mm3(series_folder: Path) -> float:
+    """Voxel volume of a single-frame series from its headers (mm3).
+
+    Pixel spacing times the median distance between neighbouring slice
+    positions along the slice normal.
+    """
+    sources = [pydicom.dcmread(p, stop_before_pixels=True) for p in series_folder.iterdir()]
+    iop = np.asarray(sources[0].ImageOrientationPatient, dtype=float)
+    normal = np.cross(iop[:3], iop[3:])
+    along = np.sort([float(np.dot(normal, ds.ImagePositionPatient)) for ds in sources])
+    row_spacing, column_spacing = (float(v) for v in sources[0].PixelSpacing)
+    return row_spacing * column_spacing * float(np.median(np.diff(along)))

@@ -11,10 +11,13 @@ import pydicom
 import pytest
 
 from tests.node.conftest import CASES, E2ERun, run_cli
-from tests.node.seg_truth import dice_against_phantom
+from tests.node.seg_truth import dice_against_phantom, seg_voxel_counts, source_voxel_mm3
 
-#: Structures large enough that the demo model must find them with Dice > 0.9.
-LARGE = ("liver", "left_lung", "right_lung", "spleen", "heart", "urinary_bladder")
+#: "Large" structures: analytic volume of at least 500 ml in the phantom
+#: (liver, both lungs, spine). The demo model must reach Dice > 0.9 on them
+#: and Dice > SMALL_DICE on every other structure.
+LARGE_ML = 500.0
+SMALL_DICE = 0.75
 SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 LABELMAP_SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.7"
 
@@ -38,8 +41,16 @@ def test_seg_matches_phantom_in_patient_coordinates(e2e_run: E2ERun, name: str) 
     case = e2e_run.cases[name]
     dice = dice_against_phantom(e2e_run.out / case.series_uid / "seg.dcm", case.folder,
                                 case.phantom)
-    low = {k: round(v, 3) for k, v in dice.items() if k in LARGE and v <= 0.9}
-    assert not low, f"{name}: Dice <= 0.9 for {low} (all: {dice})"
+    assert set(dice) == set(case.phantom.label_names.values())
+    large = _large_structures(case)
+    low = {k: round(v, 3) for k, v in dice.items()
+           if v <= (0.9 if k in large else SMALL_DICE)}
+    assert not low, f"{name}: Dice too low for {low} (all: {dice})"
+
+
+def _large_structures(case) -> set[str]:
+    return {name for label, name in case.phantom.label_names.items()
+            if case.phantom.analytic_volume_ml(label) >= LARGE_ML}
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -62,28 +73,59 @@ def test_outputs_are_complete_and_consistent(e2e_run: E2ERun, name: str) -> None
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_sr_volumes_match_analytic_volumes(e2e_run: E2ERun, name: str) -> None:
-    """SR volume of each large organ within 8 % of the phantom's analytic volume.
+def test_sr_volumes_are_seg_voxels_times_true_voxel_size(e2e_run: E2ERun, name: str) -> None:
+    """Each SR volume equals the SEG's voxel count times the true voxel size.
 
-    Justification: |V_seg - V_true| <= |FP| + |FN| = (1 - Dice) (V_seg + V_true),
-    so Dice > 0.96 (what the demo model reaches on these organs) bounds the
-    relative error near 8 %; the voxelisation error of the grid (3.5-5 mm
-    voxels on organs of 150-2000 ml) is an order of magnitude smaller.
+    The voxel size comes from the source headers: pixel spacing times the
+    distance between neighbouring ImagePositionPatient values along the slice
+    normal (not SliceThickness). Tolerance 0.001 ml: the table's rounding.
+    """
+    case = e2e_run.cases[name]
+    folder = e2e_run.out / case.series_uid
+    voxel_ml = source_voxel_mm3(case.folder) / 1000.0
+    seg = pydicom.dcmread(folder / "seg.dcm")
+    counts = seg_voxel_counts(seg)
+    sr = hd.sr.srread(folder / "sr.dcm")
+    for group in sr.content.get_volumetric_roi_measurement_groups():
+        structure = str(group.tracking_identifier)
+        (volume,) = [m for m in group.get_measurements() if m.name.value == "118565006"]
+        assert volume.unit.value == "cm3"
+        assert volume.value == pytest.approx(counts[structure] * voxel_ml, abs=1e-3)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_sr_volumes_match_analytic_volumes(e2e_run: E2ERun, name: str) -> None:
+    """SR volume of each large ellipsoid organ against its analytic volume.
+
+    Tolerance, justified: for segmentation S and truth T,
+    | |S| - |T| | <= |S \\ T| + |T \\ S| = (1 - Dice) (|S| + |T|), so the SR
+    volume may differ from the truth by at most (1 - Dice)(V_sr + V_true)
+    with the Dice measured on this very SEG; on top of that the truth sampled
+    on 3.5-5 mm voxels differs from the analytic ellipsoid by the
+    voxelisation error, which for ellipsoids of 500 ml and more is under 3 %
+    at these spacings (|count - V| <= surface x h / 2, see
+    tests/model/test_phantom.py; cylinders such as the spine are left out, as
+    their cross-section error does not cancel from slice to slice).
     """
     case = e2e_run.cases[name]
     sr = hd.sr.srread(e2e_run.out / case.series_uid / "sr.dcm")
+    dice = dice_against_phantom(e2e_run.out / case.series_uid / "seg.dcm", case.folder,
+                                case.phantom)
     by_name = {label: index for index, label in case.phantom.label_names.items()}
-    checked = 0
+    ellipsoids = {o.name for o in case.phantom.organs if o.kind == "ellipsoid"}
+    large = _large_structures(case) & ellipsoids
+    checked = set()
     for group in sr.content.get_volumetric_roi_measurement_groups():
         structure = str(group.tracking_identifier)
-        if structure not in LARGE:
+        if structure not in large:
             continue
         (volume,) = [m for m in group.get_measurements() if m.name.value == "118565006"]
-        assert volume.unit.value == "cm3"
         truth = case.phantom.analytic_volume_ml(by_name[structure])
-        assert abs(volume.value - truth) / truth < 0.08, (structure, volume.value, truth)
-        checked += 1
-    assert checked >= 4
+        bound = (1 - dice[structure]) * (volume.value + truth) + 0.03 * truth
+        assert abs(volume.value - truth) <= bound, (structure, volume.value, truth, bound)
+        assert abs(volume.value - truth) / truth < 0.15, (structure, volume.value, truth)
+        checked.add(structure)
+    assert checked == large
 
 
 def test_ct_report_has_mean_hu(e2e_run: E2ERun) -> None:
@@ -97,7 +139,8 @@ def test_report_records_versions_and_device(e2e_run: E2ERun) -> None:
     report = e2e_run.report
     assert report["engine"]["device"] == "cpu"
     assert report["versions"]["torch"].startswith("2.")
-    assert report["engine"]["model"]["name"] == "demo"
+    assert report["engine"]["model_name"] == "demo"
+    assert report["engine"]["folds"] == [0]
 
 
 def test_rerun_skips_complete_outputs(e2e_run: E2ERun) -> None:
