@@ -35,7 +35,7 @@ COPY node ./node
 
 # torch and torchvision pinned as in the Makefile, so pip never picks another pair.
 RUN pip install --no-cache-dir torch==2.14.1 torchvision==0.29.1 . \
-    && segnode models install "$MRSEGMENTATOR_RELEASE" --models-dir /opt/segnode-models \
+    && segnode models install "$MRSEGMENTATOR_RELEASE" \
     && chown -R 10001:10001 /opt/segnode-models
 
 USER 10001

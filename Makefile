@@ -44,7 +44,7 @@ test: $(STAMP) peers
 	$(BIN)/python -m pytest -q -ra
 
 lint: $(STAMP)
-	$(BIN)/ruff check node dicom_io model segnode_errors tests scripts bench
+	$(BIN)/ruff check node dicom_io model segnode_errors tests scripts
 	$(BIN)/hadolint Dockerfile
 
 # Re-train the embedded demo model from the phantom generator (CPU, minutes).
