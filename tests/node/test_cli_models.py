@@ -37,4 +37,4 @@ def test_wrong_checksum_fails_and_installs_nothing(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert wrong in result.stderr and digest in result.stderr
     assert not (models / "tiny").exists()
-    assert not models.exists() or list(models.iterdir()) == []  # no temp left behind
+    assert [p for p in models.rglob("*") if p.is_file()] == []  # no partial download or unpack
