@@ -141,6 +141,7 @@ def test_report_records_versions_and_device(e2e_run: E2ERun) -> None:
     assert report["versions"]["torch"].startswith("2.")
     assert report["engine"]["model_name"] == "demo"
     assert report["engine"]["folds"] == [0]
+    assert report["engine"]["tile_step_size"] == 0.5
 
 
 def test_rerun_skips_complete_outputs(e2e_run: E2ERun) -> None:
