@@ -48,6 +48,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from model.architecture import plain_conv_unet_architecture  # noqa: E402
 from model.phantom import Phantom, make_grid  # noqa: E402
 
 __all__ = ["build_dataset_json", "build_plans", "main"]
@@ -91,26 +92,7 @@ def build_dataset_json(num_training: int) -> dict:
 
 def build_plans() -> dict:
     """Return the nnU-Net v2 plans for the demo model (one 3d_fullres configuration)."""
-    arch = {
-        "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
-        "arch_kwargs": {
-            "n_stages": len(FEATURES),
-            "features_per_stage": FEATURES,
-            "conv_op": "torch.nn.modules.conv.Conv3d",
-            "kernel_sizes": [[3, 3, 3]] * len(FEATURES),
-            "strides": [[1, 1, 1]] + [[2, 2, 2]] * (len(FEATURES) - 1),
-            "n_conv_per_stage": [2] * len(FEATURES),
-            "n_conv_per_stage_decoder": [2] * (len(FEATURES) - 1),
-            "conv_bias": True,
-            "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
-            "norm_op_kwargs": {"eps": 1e-05, "affine": True},
-            "dropout_op": None,
-            "dropout_op_kwargs": None,
-            "nonlin": "torch.nn.LeakyReLU",
-            "nonlin_kwargs": {"inplace": True},
-        },
-        "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
-    }
+    arch = plain_conv_unet_architecture(FEATURES, n_conv_per_stage=2)
     torch_resampling = "resample_torch_fornnunet"
     config = {
         "data_identifier": "nnUNetPlans_3d_fullres",

@@ -16,33 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from model.architecture import plain_conv_unet_architecture
 from model.labels import MRSEGMENTATOR
 
 TINY_PATCH = [16, 16, 16]
 TINY_SPACING = [2.0, 2.0, 2.0]
-
-
-def _architecture() -> dict:
-    return {
-        "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
-        "arch_kwargs": {
-            "n_stages": 3,
-            "features_per_stage": [4, 8, 16],
-            "conv_op": "torch.nn.modules.conv.Conv3d",
-            "kernel_sizes": [[3, 3, 3]] * 3,
-            "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2]],
-            "n_conv_per_stage": [1, 1, 1],
-            "n_conv_per_stage_decoder": [1, 1],
-            "conv_bias": True,
-            "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
-            "norm_op_kwargs": {"eps": 1e-05, "affine": True},
-            "dropout_op": None,
-            "dropout_op_kwargs": None,
-            "nonlin": "torch.nn.LeakyReLU",
-            "nonlin_kwargs": {"inplace": True},
-        },
-        "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
-    }
 
 
 def tiny_plans() -> dict:
@@ -75,7 +53,7 @@ def tiny_plans() -> dict:
                 "resampling_fn_probabilities": resample,
                 "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1,
                                                        "order_z": 0, "force_separate_z": None},
-                "architecture": _architecture(),
+                "architecture": plain_conv_unet_architecture([4, 8, 16], n_conv_per_stage=1),
                 "batch_dice": False,
             }
         },
