@@ -54,7 +54,51 @@ def build_parser() -> argparse.ArgumentParser:
     install.add_argument("source", help="known name (mrsegmentator), a .zip file or a URL")
     install.add_argument("--sha256", help="expected SHA-256 of the zip (hex)")
     install.add_argument("--name", help="name to install under (default: from the pack)")
+    _add_node_commands(sub)
     return parser
+
+
+def _config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path,
+                        help="node configuration (default: $SEGNODE_CONFIG or ./config.yaml)")
+
+
+def _add_node_commands(sub: argparse._SubParsersAction) -> None:
+    _config_option(sub.add_parser("serve", help="run the DICOM node"))
+    _config_option(sub.add_parser("status", help="listener, queues, device, disk, last errors"))
+
+    config = sub.add_parser("config", help="check a node configuration")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    check = config_sub.add_parser("check", help="print every problem with its key path")
+    check.add_argument("file", nargs="?", help="configuration file (default: --config)")
+    _config_option(check)
+
+    jobs = sub.add_parser("jobs", help="list, show or retry jobs")
+    jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True)
+    listing = jobs_sub.add_parser("list", help="newest jobs first")
+    listing.add_argument("--state", choices=("queued", "running", "done", "failed"))
+    listing.add_argument("--limit", type=int, default=50)
+    for name, text in (("show", "one job with its deliveries, as JSON"),
+                       ("retry", "queue a failed or done job again")):
+        one = jobs_sub.add_parser(name, help=text)
+        one.add_argument("id", type=int)
+        _config_option(one)
+    _config_option(listing)
+
+    outbox = sub.add_parser("outbox", help="list or retry deliveries")
+    outbox_sub = outbox.add_subparsers(dest="outbox_command", required=True)
+    listing = outbox_sub.add_parser("list", help="newest deliveries first")
+    listing.add_argument("--state", choices=("pending", "done", "failed"))
+    listing.add_argument("--limit", type=int, default=100)
+    _config_option(listing)
+    retry = outbox_sub.add_parser("retry", help="send failed deliveries again")
+    retry.add_argument("id", type=int, nargs="?", help="delivery id")
+    retry.add_argument("--all", action="store_true", help="every failed delivery")
+    _config_option(retry)
+
+    echo = sub.add_parser("echo", help="C-ECHO a configured destination")
+    echo.add_argument("destination", help="destination name from the configuration")
+    _config_option(echo)
 
 
 def _configure_logging(verbose: bool) -> None:
@@ -65,18 +109,26 @@ def _configure_logging(verbose: bool) -> None:
     )
     for noisy in ("pydicom", "highdicom", "PIL", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # pynetdicom logs every PDU at INFO/DEBUG; segnode logs each association once.
+    logging.getLogger("pynetdicom").setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``segnode`` command; return the process exit status."""
     args = build_parser().parse_args(argv)
     _configure_logging(args.verbose)
-    from node import commands
+    from node import commands, node_commands
 
     handlers = {
         "segment": commands.segment,
         "demo": commands.demo,
         "models": commands.models,
+        "serve": node_commands.serve,
+        "status": node_commands.status,
+        "config": node_commands.config_check,
+        "jobs": node_commands.jobs,
+        "outbox": node_commands.outbox,
+        "echo": node_commands.echo,
     }
     try:
         return handlers[args.command](args)

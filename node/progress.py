@@ -23,15 +23,17 @@ class Progress:
         Number of series (or volumes) the run will process.
     stream
         Where a live bar would be drawn; decides terminal versus plain.
+    live
+        ``False`` forces plain log lines (the node's worker), whatever the stream.
     """
 
-    def __init__(self, total: int, *, stream: TextIO | None = None) -> None:
+    def __init__(self, total: int, *, stream: TextIO | None = None, live: bool = True) -> None:
         self.total = total
         self._stream = stream if stream is not None else sys.stderr
         self._bar = None
         self._index = 0
         self._key = ""
-        if self._stream.isatty():
+        if live and self._stream.isatty():
             from tqdm import tqdm
 
             self._bar = tqdm(total=total, unit="series", file=self._stream, leave=True)

@@ -15,7 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from dicom_io.scan import find_series
+from dicom_io.scan import SeriesFiles, find_series
 from dicom_io.series import read_series
 from dicom_io.volume import Rejection
 from node.pipeline import Pipeline, VolumeResult
@@ -23,7 +23,7 @@ from node.progress import Progress
 from node.settings import RunSettings
 from segnode_errors import InputRejected, SegnodeError
 
-__all__ = ["RunSummary", "run_segment", "is_nifti"]
+__all__ = ["RunSummary", "run_segment", "run_series_files", "is_nifti", "versions"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,8 @@ class RunSummary:
         return document
 
 
-def _versions() -> dict[str, str]:
+def versions() -> dict[str, str]:
+    """Versions of Python and of the packages that produce segnode's results."""
     found = {"python": platform.python_version()}
     for name in _VERSIONED:
         try:
@@ -90,7 +91,7 @@ def run_segment(input_path: Path, out_root: Path, settings: RunSettings) -> RunS
     started = time.monotonic()
     pipeline = Pipeline(settings)
     summary = RunSummary(str(input_path), str(out_root), engine=pipeline.engine.describe(),
-                         versions=_versions())
+                         versions=versions())
     if input_path.is_dir():
         summary.results = _run_folder(pipeline, input_path, out_root)
     else:
@@ -111,23 +112,33 @@ def _run_folder(pipeline: Pipeline, folder: Path, out_root: Path) -> list[Volume
     progress = Progress(len(series_list))
     results: list[VolumeResult] = []
     for files in series_list:
-        progress.start(files.series_uid)
-        try:
-            read = read_series(files)
-        except SegnodeError as exc:
-            results.append(VolumeResult(files.series_uid, "failed", reason=str(exc)))
-            logger.error("series %s refused: %s", files.series_uid, exc)
-            progress.finish("failed")
-            continue
-        for rejection in read.rejected:
-            results.append(_rejection_result(rejection))
-        for volume in read.volumes:
-            results.append(_guarded(volume.key, progress,
-                                    lambda v=volume: pipeline.run_series_volume(v, out_root,
-                                                                                progress)))
-        if not read.volumes:
-            progress.finish("refused")
+        results.extend(run_series_files(pipeline, files, out_root, progress))
     progress.close()
+    return results
+
+
+def run_series_files(pipeline: Pipeline, files: SeriesFiles, out_root: Path,
+                     progress: Progress) -> list[VolumeResult]:
+    """Read one series and segment each of its volumes into ``out_root/<key>``.
+
+    The one path from series files to outputs, shared by ``segnode segment``
+    and the node's worker. A refused series or volume is a ``failed`` result
+    with its reason, never an exception.
+    """
+    progress.start(files.series_uid)
+    try:
+        read = read_series(files)
+    except SegnodeError as exc:
+        logger.error("series %s refused: %s", files.series_uid, exc)
+        progress.finish("failed")
+        return [VolumeResult(files.series_uid, "failed", reason=str(exc))]
+    results = [_rejection_result(rejection) for rejection in read.rejected]
+    for volume in read.volumes:
+        results.append(_guarded(volume.key, progress,
+                                lambda v=volume: pipeline.run_series_volume(v, out_root,
+                                                                            progress)))
+    if not read.volumes:
+        progress.finish("refused")
     return results
 
 

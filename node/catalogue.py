@@ -1,0 +1,394 @@
+"""The node's catalogue: every instance, series, job, delivery and quarantined file.
+
+One module reaches the database, through SQLAlchemy Core, so that PostgreSQL
+can replace the embedded SQLite by configuration (``storage.database_url``).
+SQLite runs in WAL mode with ``synchronous=FULL``: a row committed here is on
+disk before the C-STORE success status leaves the node.
+
+Tables
+------
+``instances``   one row per SOP Instance UID in the spool (path, size, SHA-256)
+``series``      one row per series: its attributes for the rules, when the last
+                instance arrived, and its state (``receiving`` → ``complete``)
+``jobs``        the durable queue (see :mod:`node.jobqueue`)
+``outbox``      one row per output file and destination (see :mod:`node.outbox`)
+``quarantine``  files that could not be stored as instances, with the reason
+``node_state``  key/value facts of the running node for ``segnode status``
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+__all__ = [
+    "Catalogue",
+    "InstanceRecord",
+    "SeriesRow",
+    "StoreOutcome",
+    "metadata",
+]
+
+metadata = sa.MetaData()
+
+instances = sa.Table(
+    "instances", metadata,
+    sa.Column("sop_instance_uid", sa.String(64), primary_key=True),
+    sa.Column("series_uid", sa.String(64), nullable=False, index=True),
+    sa.Column("study_uid", sa.String(64), nullable=False),
+    sa.Column("sop_class_uid", sa.String(64), nullable=False),
+    sa.Column("path", sa.Text, nullable=False),
+    sa.Column("size_bytes", sa.Integer, nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("received_at", sa.Float, nullable=False),
+    sa.Column("calling_ae", sa.String(16), nullable=False),
+)
+
+series = sa.Table(
+    "series", metadata,
+    sa.Column("series_uid", sa.String(64), primary_key=True),
+    sa.Column("study_uid", sa.String(64), nullable=False),
+    sa.Column("modality", sa.String(16), nullable=False, default=""),
+    sa.Column("description", sa.Text, nullable=False, default=""),
+    sa.Column("body_part", sa.String(64), nullable=False, default=""),
+    sa.Column("image_type", sa.Text, nullable=False, default=""),
+    sa.Column("sop_class_uid", sa.String(64), nullable=False, default=""),
+    sa.Column("manufacturer", sa.Text, nullable=False, default=""),
+    sa.Column("first_received_at", sa.Float, nullable=False),
+    sa.Column("last_received_at", sa.Float, nullable=False, index=True),
+    sa.Column("state", sa.String(16), nullable=False, index=True),
+    sa.Column("decision", sa.Text, nullable=False, default=""),
+    sa.Column("job_id", sa.Integer, nullable=True),
+    sa.Column("purged_at", sa.Float, nullable=True),
+)
+
+jobs = sa.Table(
+    "jobs", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("series_uid", sa.String(64), nullable=False, index=True),
+    sa.Column("rule", sa.String(64), nullable=False),
+    sa.Column("model", sa.Text, nullable=True),
+    sa.Column("seg_type", sa.String(16), nullable=False),
+    sa.Column("destinations", sa.Text, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False, index=True),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("reason", sa.Text, nullable=False, default=""),
+    sa.Column("result", sa.Text, nullable=False, default=""),
+    sa.Column("output_dir", sa.Text, nullable=False, default=""),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("started_at", sa.Float, nullable=True),
+    sa.Column("finished_at", sa.Float, nullable=True),
+)
+
+outbox = sa.Table(
+    "outbox", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("job_id", sa.Integer, nullable=False, index=True),
+    sa.Column("destination", sa.String(64), nullable=False),
+    sa.Column("path", sa.Text, nullable=False),
+    sa.Column("sop_instance_uid", sa.String(64), nullable=False, index=True),
+    sa.Column("state", sa.String(16), nullable=False, index=True),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("last_error", sa.Text, nullable=False, default=""),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("next_attempt_at", sa.Float, nullable=False),
+    sa.Column("delivered_at", sa.Float, nullable=True),
+    sa.UniqueConstraint("job_id", "destination", "path", name="uq_outbox_job_dest_path"),
+)
+
+quarantine = sa.Table(
+    "quarantine", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("path", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("calling_ae", sa.String(16), nullable=False, default=""),
+    sa.Column("received_at", sa.Float, nullable=False),
+)
+
+node_state = sa.Table(
+    "node_state", metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+
+#: Series states: still receiving, or complete (a decision was taken).
+RECEIVING = "receiving"
+COMPLETE = "complete"
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    """One received instance, already durable in the spool."""
+
+    sop_instance_uid: str
+    series_uid: str
+    study_uid: str
+    sop_class_uid: str
+    path: Path
+    size_bytes: int
+    sha256: str
+    calling_ae: str
+    modality: str = ""
+    description: str = ""
+    body_part: str = ""
+    image_type: str = ""
+    manufacturer: str = ""
+
+
+@dataclass(frozen=True)
+class StoreOutcome:
+    """What recording an instance changed.
+
+    ``kind`` is ``new``, ``replaced`` (same SOP Instance UID, other content) or
+    ``identical`` (a resend of the same bytes: nothing changes).
+    ``old_path`` is a spool file no longer referenced (to delete), if any.
+    ``reopened`` is True when the instance reopened a completed series.
+    """
+
+    kind: str
+    old_path: Path | None = None
+    reopened: bool = False
+
+
+@dataclass(frozen=True)
+class SeriesRow:
+    """A series as the assembler and the rules see it."""
+
+    series_uid: str
+    study_uid: str
+    modality: str
+    description: str
+    body_part: str
+    image_type: tuple[str, ...]
+    sop_class_uid: str
+    manufacturer: str
+    n_instances: int
+    last_received_at: float
+    state: str
+
+
+def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    # The driver's own transaction handling is off: _sqlite_begin emits BEGIN.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def _sqlite_begin(connection: Connection) -> None:
+    # Writers take the write lock at BEGIN, so two writers never deadlock
+    # upgrading read locks (SQLITE_BUSY would bypass busy_timeout).
+    immediate = connection.get_execution_options().get("segnode_write", False)
+    connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+class Catalogue:
+    """The database behind the node; safe to share between threads.
+
+    Parameters
+    ----------
+    url
+        SQLAlchemy URL, e.g. ``sqlite:////var/lib/segnode/segnode.db`` or
+        ``postgresql+psycopg://...``. The schema is created when missing.
+    clock
+        Returns the current time in seconds (injected so tests can move it).
+    """
+
+    def __init__(self, url: str, *, clock: Any = time.time) -> None:
+        self.url = url
+        self.clock = clock
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.engine: Engine = sa.create_engine(url, future=True)
+        if self.engine.dialect.name == "sqlite":
+            sa.event.listen(self.engine, "connect", _sqlite_connect)
+            sa.event.listen(self.engine, "begin", _sqlite_begin)
+        metadata.create_all(self.engine)
+
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        """A write transaction, committed when the block ends without an exception."""
+        with self.engine.connect() as connection:
+            connection.execution_options(segnode_write=True)
+            with connection.begin():
+                yield connection
+
+    def close(self) -> None:
+        """Release every pooled connection."""
+        self.engine.dispose()
+
+    # Instances and series ---------------------------------------------------------------
+
+    def record_instance(self, record: InstanceRecord, *, reopen_complete: bool) -> StoreOutcome:
+        """Catalogue a durable spool file; returns what changed.
+
+        A repeated SOP Instance UID with the same SHA-256 changes nothing. With
+        other content the newer copy replaces the older (its row, and its file
+        if stored at another path) and counts as a new arrival for its series.
+        An arrival in a completed series reopens it for a new run when
+        ``reopen_complete`` is set; otherwise it is kept but not processed.
+        """
+        now = self.clock()
+        with self.begin() as db:
+            old = db.execute(
+                sa.select(instances.c.path, instances.c.sha256).where(
+                    instances.c.sop_instance_uid == record.sop_instance_uid
+                )
+            ).first()
+            if old is not None and old.sha256 == record.sha256:
+                return StoreOutcome("identical")
+            values = {
+                "series_uid": record.series_uid,
+                "study_uid": record.study_uid,
+                "sop_class_uid": record.sop_class_uid,
+                "path": str(record.path),
+                "size_bytes": record.size_bytes,
+                "sha256": record.sha256,
+                "received_at": now,
+                "calling_ae": record.calling_ae,
+            }
+            if old is None:
+                db.execute(instances.insert().values(sop_instance_uid=record.sop_instance_uid,
+                                                     **values))
+            else:
+                db.execute(instances.update().where(
+                    instances.c.sop_instance_uid == record.sop_instance_uid).values(**values))
+            reopened = self._touch_series(db, record, now, reopen_complete)
+        old_path = Path(old.path) if old is not None and old.path != str(record.path) else None
+        return StoreOutcome("new" if old is None else "replaced", old_path, reopened)
+
+    def _touch_series(self, db: Connection, record: InstanceRecord, now: float,
+                      reopen_complete: bool) -> bool:
+        row = db.execute(sa.select(series.c.state).where(
+            series.c.series_uid == record.series_uid)).first()
+        if row is None:
+            db.execute(series.insert().values(
+                series_uid=record.series_uid, study_uid=record.study_uid,
+                modality=record.modality, description=record.description,
+                body_part=record.body_part, image_type=record.image_type,
+                sop_class_uid=record.sop_class_uid, manufacturer=record.manufacturer,
+                first_received_at=now, last_received_at=now, state=RECEIVING, decision="",
+            ))
+            return False
+        reopen = row.state == COMPLETE and reopen_complete
+        update: dict[str, Any] = {"last_received_at": now, "purged_at": None}
+        if reopen:
+            update.update(state=RECEIVING, decision="")
+        db.execute(series.update().where(series.c.series_uid == record.series_uid)
+                   .values(**update))
+        return reopen
+
+    def quiet_series(self, received_before: float) -> list[SeriesRow]:
+        """Series still receiving whose last instance arrived before ``received_before``."""
+        counts = (
+            sa.select(instances.c.series_uid, sa.func.count().label("n"))
+            .group_by(instances.c.series_uid).subquery()
+        )
+        query = (
+            sa.select(series, sa.func.coalesce(counts.c.n, 0).label("n"))
+            .select_from(series.outerjoin(counts, counts.c.series_uid == series.c.series_uid))
+            .where(series.c.state == RECEIVING, series.c.last_received_at < received_before)
+            .order_by(series.c.last_received_at)
+        )
+        with self.engine.connect() as db:
+            return [_series_row(row) for row in db.execute(query)]
+
+    def complete_series(self, db: Connection, series_uid: str, decision: str, *,
+                        received_before: float) -> bool:
+        """Mark a quiet series complete with its decision, in the transaction ``db``.
+
+        Returns False (and changes nothing) when an instance arrived since the
+        series was found quiet: it stays receiving.
+        """
+        result = db.execute(
+            series.update()
+            .where(series.c.series_uid == series_uid, series.c.state == RECEIVING,
+                   series.c.last_received_at < received_before)
+            .values(state=COMPLETE, decision=decision)
+        )
+        return result.rowcount == 1
+
+    def set_series_job(self, db: Connection, series_uid: str, job_id: int) -> None:
+        """Record the job that processes a completed series."""
+        db.execute(series.update().where(series.c.series_uid == series_uid)
+                   .values(job_id=job_id))
+
+    def series_paths(self, series_uid: str) -> list[Path]:
+        """Spool files of a series, in SOP Instance UID order."""
+        with self.engine.connect() as db:
+            rows = db.execute(sa.select(instances.c.path)
+                              .where(instances.c.series_uid == series_uid)
+                              .order_by(instances.c.sop_instance_uid))
+            return [Path(row.path) for row in rows]
+
+    def instance_count(self, series_uid: str | None = None) -> int:
+        """Number of catalogued instances (of one series, or all)."""
+        query = sa.select(sa.func.count()).select_from(instances)
+        if series_uid is not None:
+            query = query.where(instances.c.series_uid == series_uid)
+        with self.engine.connect() as db:
+            return int(db.execute(query).scalar_one())
+
+    def get_series(self, series_uid: str) -> dict[str, Any] | None:
+        """One series row as a mapping, or None."""
+        with self.engine.connect() as db:
+            row = db.execute(sa.select(series).where(series.c.series_uid == series_uid)).first()
+            return dict(row._mapping) if row is not None else None
+
+    def series_counts(self) -> dict[str, int]:
+        """Number of series per state."""
+        with self.engine.connect() as db:
+            rows = db.execute(sa.select(series.c.state, sa.func.count())
+                              .group_by(series.c.state))
+            return {state: int(n) for state, n in rows}
+
+    # Quarantine ---------------------------------------------------------------------------
+
+    def add_quarantine(self, path: Path, reason: str, calling_ae: str) -> int:
+        """Record a quarantined file; returns its id."""
+        with self.begin() as db:
+            result = db.execute(quarantine.insert().values(
+                path=str(path), reason=reason, calling_ae=calling_ae, received_at=self.clock()))
+            return int(result.inserted_primary_key[0])
+
+    def list_quarantine(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The most recent quarantined files, newest first."""
+        with self.engine.connect() as db:
+            rows = db.execute(sa.select(quarantine).order_by(quarantine.c.id.desc()).limit(limit))
+            return [dict(row._mapping) for row in rows]
+
+    # Node state ---------------------------------------------------------------------------
+
+    def set_state(self, **values: str) -> None:
+        """Store key/value facts about the running node (listener, device, pid, heartbeat)."""
+        with self.begin() as db:
+            for key, value in values.items():
+                updated = db.execute(node_state.update().where(node_state.c.key == key)
+                                     .values(value=str(value)))
+                if updated.rowcount == 0:
+                    db.execute(node_state.insert().values(key=key, value=str(value)))
+
+    def get_state(self) -> dict[str, str]:
+        """Every key/value fact the node stored."""
+        with self.engine.connect() as db:
+            return {row.key: row.value for row in db.execute(sa.select(node_state))}
+
+
+def _series_row(row: Any) -> SeriesRow:
+    image_type = tuple(part for part in (row.image_type or "").split("\\") if part)
+    return SeriesRow(
+        series_uid=row.series_uid, study_uid=row.study_uid, modality=row.modality or "",
+        description=row.description or "", body_part=row.body_part or "",
+        image_type=image_type, sop_class_uid=row.sop_class_uid or "",
+        manufacturer=row.manufacturer or "", n_instances=int(row.n),
+        last_received_at=float(row.last_received_at), state=row.state,
+    )

@@ -1,0 +1,349 @@
+"""The node's configuration (``config.yaml``): one validated pydantic model.
+
+Loaded once by the entry point (``segnode serve``, ``segnode config check``
+and the other node commands) and passed explicitly. Every key is documented
+in the shipped ``config.yaml``. Unknown keys and wrong values are refused with
+their key path, e.g. ``destinations.0.port: Input should be less than or equal
+to 65535``.
+
+Relative paths in ``storage`` and ``tls`` are resolved against the folder of
+the configuration file, so the shipped ``config.yaml`` works from any
+working directory.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pynetdicom._validators import validate_ae
+
+from node.settings import default_models_dir, format_validation_error
+from segnode_errors import ConfigError
+
+__all__ = [
+    "NodeConfig",
+    "ListenerConfig",
+    "ListenerTLS",
+    "CallerConfig",
+    "DestinationConfig",
+    "DestinationTLS",
+    "RuleConfig",
+    "RuleMatch",
+    "TimingConfig",
+    "RetryConfig",
+    "StorageConfig",
+    "ProcessingConfig",
+    "load_config",
+]
+
+_DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _ae_title(value: str) -> str:
+    ok, reason = validate_ae(value)
+    if not ok:
+        raise ValueError(f"invalid AE title {value!r}: {reason}")
+    return value
+
+
+class ListenerTLS(_Strict):
+    """DICOM TLS on a second port (PS3.15 B.1: ``2762`` by convention)."""
+
+    port: int = Field(ge=1, le=65535)
+    certificate: Path
+    private_key: Path
+    #: CA bundle; when given, callers must present a certificate signed by it.
+    ca_certificates: Path | None = None
+
+
+class ListenerConfig(_Strict):
+    """The node's own DICOM identity and listening sockets."""
+
+    ae_title: str = "SEGNODE"
+    host: str = "127.0.0.1"
+    port: int = Field(default=11112, ge=1, le=65535)
+    tls: ListenerTLS | None = None
+    max_pdu_bytes: int = Field(default=262144, ge=0)
+    max_associations: int = Field(default=10, ge=1, le=1000)
+    acse_timeout_s: float = Field(default=30.0, gt=0)
+    dimse_timeout_s: float = Field(default=60.0, gt=0)
+    network_timeout_s: float = Field(default=120.0, gt=0)
+
+    _check_ae = field_validator("ae_title")(_ae_title)
+
+    @field_validator("host")
+    @classmethod
+    def _check_host(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError(f"must be an IP address to listen on, got {value!r}") from None
+        return value
+
+
+class CallerConfig(_Strict):
+    """One peer allowed to send: a calling AE title and where it may come from."""
+
+    ae_title: str
+    #: IP addresses or CIDR ranges; empty means any address.
+    addresses: tuple[str, ...] = ()
+
+    _check_ae = field_validator("ae_title")(_ae_title)
+
+    @field_validator("addresses")
+    @classmethod
+    def _check_addresses(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        for value in values:
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError:
+                raise ValueError(f"not an IP address or CIDR range: {value!r}") from None
+        return values
+
+    def allows(self, address: str) -> bool:
+        """True when ``address`` is inside one of this caller's ranges (or none are set)."""
+        if not self.addresses:
+            return True
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in ipaddress.ip_network(net, strict=False) for net in self.addresses)
+
+
+class DestinationTLS(_Strict):
+    """TLS towards a destination; without ``ca_certificates`` the system CAs verify it."""
+
+    ca_certificates: Path | None = None
+    certificate: Path | None = None
+    private_key: Path | None = None
+    server_hostname: str | None = None
+
+
+class DestinationConfig(_Strict):
+    """A DICOM peer that receives segnode's results (C-STORE SCP)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    ae_title: str
+    host: str
+    port: int = Field(ge=1, le=65535)
+    tls: DestinationTLS | None = None
+
+    _check_ae = field_validator("ae_title")(_ae_title)
+
+    @field_validator("tls", mode="before")
+    @classmethod
+    def _tls_switch(cls, value: Any) -> Any:
+        """``tls: true`` means TLS with the system CAs, ``false`` means none."""
+        if value is True:
+            return {}
+        if value is False:
+            return None
+        return value
+
+
+class RuleMatch(_Strict):
+    """Conditions on a series; all given conditions must hold."""
+
+    modality: tuple[str, ...] = ()
+    series_description: str | None = None
+    body_part_examined: tuple[str, ...] = ()
+    image_type: tuple[str, ...] = ()
+    min_slices: int = Field(default=1, ge=1)
+
+    @field_validator("series_description")
+    @classmethod
+    def _check_regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value
+
+
+class RuleConfig(_Strict):
+    """Which series to process, with which model, and who gets the results."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    match: RuleMatch = Field(default_factory=RuleMatch)
+    #: Model pack name or folder; ``null`` is the built-in demo model.
+    model: str | None = None
+    seg_type: Literal["binary", "labelmap"] = "binary"
+    destinations: tuple[str, ...] = ()
+
+
+class RetryConfig(_Strict):
+    """Exponential backoff for transient send failures."""
+
+    initial_delay_s: float = Field(default=10.0, gt=0)
+    backoff_factor: float = Field(default=2.0, ge=1.0)
+    max_delay_s: float = Field(default=600.0, gt=0)
+    #: A delivery still failing this long after it was created is given up.
+    max_age_s: float = Field(default=86400.0, gt=0)
+
+
+class TimingConfig(_Strict):
+    """When a series counts as complete, and how sending is retried."""
+
+    series_quiet_s: float = Field(default=30.0, gt=0)
+    reprocess_late_instances: bool = True
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+    #: How often the node's loops look for work.
+    poll_interval_s: float = Field(default=1.0, gt=0, le=60)
+
+
+class StorageConfig(_Strict):
+    """Where the node keeps what it receives, produces and knows."""
+
+    spool_dir: Path = Path("var/spool")
+    quarantine_dir: Path = Path("var/quarantine")
+    output_dir: Path = Path("var/outputs")
+    models_dir: Path = Field(default_factory=default_models_dir)
+    #: SQLAlchemy URL of the catalogue; ``null`` is SQLite at ``var/segnode.db``.
+    database_url: str | None = None
+    min_free_disk_mb: int = Field(default=1024, ge=0)
+    #: Days to keep a series' spool files and outputs after all deliveries succeeded.
+    retention_days: float = Field(default=7.0, ge=0)
+
+
+class ProcessingConfig(_Strict):
+    """How the worker runs the engine (the rule chooses the model)."""
+
+    device: str = "auto"
+    folds: tuple[int, ...] | None = None
+    tile_step_size: float | None = Field(default=None, gt=0.0, le=1.0)
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        if not _DEVICE.match(value):
+            raise ValueError(f"must be auto, cpu, cuda or cuda:N, got {value!r}")
+        return value
+
+
+class NodeConfig(_Strict):
+    """The whole ``config.yaml``."""
+
+    node: ListenerConfig = Field(default_factory=ListenerConfig)
+    callers: tuple[CallerConfig, ...] = ()
+    destinations: tuple[DestinationConfig, ...] = ()
+    rules: tuple[RuleConfig, ...] = ()
+    timing: TimingConfig = Field(default_factory=TimingConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    processing: ProcessingConfig = Field(default_factory=ProcessingConfig)
+
+    @model_validator(mode="after")
+    def _check_references(self) -> NodeConfig:
+        names = [d.name for d in self.destinations]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise ValueError(f"destinations: duplicate name(s) {', '.join(duplicated)}")
+        rule_names = [r.name for r in self.rules]
+        if len(set(rule_names)) != len(rule_names):
+            raise ValueError("rules: rule names must be unique")
+        for index, rule in enumerate(self.rules):
+            unknown = [d for d in rule.destinations if d not in names]
+            if unknown:
+                raise ValueError(
+                    f"rules.{index}.destinations: unknown destination(s) {', '.join(unknown)}"
+                    f" (configured: {', '.join(names) or 'none'})"
+                )
+        return self
+
+    def destination(self, name: str) -> DestinationConfig:
+        """The destination called ``name``; raises :class:`ConfigError` when absent."""
+        for dest in self.destinations:
+            if dest.name == name:
+                return dest
+        known = ", ".join(d.name for d in self.destinations) or "none"
+        raise ConfigError(f"Unknown destination '{name}' (configured: {known}).")
+
+    @property
+    def database_url(self) -> str:
+        """The catalogue URL (``storage.database_url``, SQLite next to the spool if unset)."""
+        if self.storage.database_url:
+            return self.storage.database_url
+        return f"sqlite:///{self.storage.spool_dir.parent / 'segnode.db'}"
+
+
+_STORAGE_DEFAULTS = {
+    "spool_dir": "var/spool",
+    "quarantine_dir": "var/quarantine",
+    "output_dir": "var/outputs",
+}
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
+    """Make relative paths in ``storage`` and the TLS sections relative to ``base``."""
+
+    def fix(section: Any, keys: tuple[str, ...]) -> None:
+        if not isinstance(section, dict):
+            return
+        for key in keys:
+            value = section.get(key)
+            if isinstance(value, str) and value:
+                expanded = Path(value).expanduser()
+                section[key] = str(expanded if expanded.is_absolute() else base / expanded)
+
+    if raw.get("storage") is None:
+        raw["storage"] = {}
+    storage = raw["storage"]
+    if isinstance(storage, dict):
+        for key, default in _STORAGE_DEFAULTS.items():
+            storage.setdefault(key, default)
+        if not storage.get("database_url"):
+            storage["database_url"] = f"sqlite:///{base / 'var' / 'segnode.db'}"
+    fix(storage, (*_STORAGE_DEFAULTS, "models_dir"))
+    node = raw.get("node")
+    if isinstance(node, dict):
+        fix(node.get("tls"), ("certificate", "private_key", "ca_certificates"))
+    for dest in raw.get("destinations") or ():
+        if isinstance(dest, dict):
+            fix(dest.get("tls"), ("ca_certificates", "certificate", "private_key"))
+
+
+def load_config(path: Path) -> NodeConfig:
+    """Read and validate ``path``.
+
+    Raises
+    ------
+    ConfigError
+        When the file is missing or not YAML (naming the file), or when any
+        key is unknown or any value wrong (one line per problem, each with its
+        key path).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"Configuration file '{path}' cannot be read: {exc.strerror}.") from None
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"Configuration file '{path}' is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"Configuration file '{path}' must hold a mapping of sections.")
+    _resolve_paths(raw, path.resolve().parent)
+    try:
+        return NodeConfig(**raw)
+    except ValidationError as exc:
+        raise ConfigError(
+            f"Configuration file '{path}' has errors:\n{format_validation_error(exc)}"
+        ) from None

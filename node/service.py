@@ -1,0 +1,130 @@
+"""``segnode serve``: the listener, assembler, worker and dispatcher in one process.
+
+Start-up order: open the catalogue, queue again the jobs a crash left
+running, load the first rule's model (the device is decided here, once, and
+shown in ``segnode status``), then start the listener and the loops. Each
+loop runs in its own thread and looks for work every
+``timing.poll_interval_s``; a failure inside one round is logged and the loop
+goes on. SIGTERM or SIGINT stops the node; whatever was running is picked up
+again at the next start.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from model.store import ModelStore
+from node.assembler import Assembler
+from node.catalogue import Catalogue
+from node.config import NodeConfig
+from node.dispatcher import Dispatcher
+from node.jobqueue import SqlJobQueue
+from node.listener import Listener
+from node.outbox import Outbox
+from node.receiver import Receiver
+from node.retention import Retention
+from node.spool import Quarantine, Spool
+from node.worker import Worker
+
+__all__ = ["Node"]
+
+logger = logging.getLogger(__name__)
+
+_RETENTION_INTERVAL_S = 3600.0
+
+
+@dataclass
+class Node:
+    """The whole node, built from a validated configuration."""
+
+    config: NodeConfig
+    stop_event: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        storage = self.config.storage
+        self.catalogue = Catalogue(self.config.database_url)
+        self.spool = Spool(storage.spool_dir)
+        self.quarantine = Quarantine(storage.quarantine_dir)
+        self.queue = SqlJobQueue(self.catalogue)
+        self.outbox = Outbox(self.catalogue, self.config.timing.retry)
+        receiver = Receiver(self.spool, self.quarantine, self.catalogue,
+                            self.config.timing.reprocess_late_instances)
+        self.listener = Listener(self.config, receiver)
+        self.assembler = Assembler(self.config, self.catalogue, self.queue)
+        self.worker = Worker(self.config, self.catalogue, self.queue, self.outbox)
+        self.dispatcher = Dispatcher(self.config, self.outbox)
+        self.retention = Retention(self.config, self.catalogue, self.spool)
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        """Recover, load the first model, start listening and the loops."""
+        for rule in self.config.rules:
+            ModelStore(self.config.storage.models_dir).resolve(rule.model)
+        requeued = self.queue.requeue_interrupted()
+        if requeued:
+            logger.warning("jobs %s were interrupted and are queued again",
+                           ", ".join(map(str, requeued)))
+        device = "none (no rules)"
+        if self.config.rules:
+            first = self.config.rules[0]
+            engine = self.worker.pipeline(self.worker.settings_for(first.model,
+                                                                   first.seg_type)).engine
+            device = str(engine.describe().get("device"))
+        self.listener.start()
+        self.catalogue.set_state(pid=str(os.getpid()), started_at=f"{time.time():.3f}",
+                                 listener=self.listener.describe(), device=device,
+                                 heartbeat_at=f"{time.time():.3f}", running_job="")
+        interval = self.config.timing.poll_interval_s
+        self._loop("assembler", self.assembler.run_once, interval)
+        self._loop("worker", self.worker.run_once, interval)
+        self._loop("dispatcher", self.dispatcher.run_once, interval)
+        self._loop("retention", self.retention.run_once, _RETENTION_INTERVAL_S)
+        self._loop("heartbeat", self._heartbeat, interval)
+        logger.info("segnode node up: %s, device %s, %d rule(s), %d destination(s)",
+                    self.listener.describe(), device, len(self.config.rules),
+                    len(self.config.destinations))
+
+    def _heartbeat(self) -> bool:
+        running = self.worker.current_job
+        self.catalogue.set_state(heartbeat_at=f"{time.time():.3f}",
+                                 running_job="" if running is None else str(running))
+        return False
+
+    def _loop(self, name: str, work: Callable[[], object], interval: float) -> None:
+        def run() -> None:
+            while not self.stop_event.is_set():
+                try:
+                    busy = bool(work())
+                except Exception:  # noqa: BLE001 - a loop never dies of one bad round
+                    logger.exception("%s: round failed", name)
+                    busy = False
+                if not busy:
+                    self.stop_event.wait(interval)
+
+        thread = threading.Thread(target=run, name=f"segnode-{name}", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop listening and let the loops finish their current round."""
+        self.stop_event.set()
+        self.listener.stop()
+        deadline = time.monotonic() + timeout_s
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self.catalogue.set_state(pid="", running_job="")
+        self.catalogue.close()
+
+    def serve_forever(self) -> None:
+        """Start, then block until :attr:`stop_event` is set (by a signal handler)."""
+        self.start()
+        try:
+            while not self.stop_event.wait(1.0):
+                pass
+        finally:
+            self.stop()

@@ -1,0 +1,129 @@
+"""The worker: runs queued jobs through the same pipeline as ``segnode segment``.
+
+Each job reads its series from the spool, segments it with the rule's model
+(loaded once per model and kept), writes the outputs under
+``storage.output_dir/job-<id>/<key>/`` and queues every SEG and SR for each
+of the rule's destinations in the outbox.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pydicom
+
+from dicom_io.scan import SeriesFiles
+from node.catalogue import Catalogue
+from node.config import NodeConfig
+from node.jobqueue import Job, SqlJobQueue
+from node.outbox import Outbox
+from node.pipeline import Pipeline, VolumeResult
+from node.progress import Progress
+from node.runner import run_series_files
+from node.settings import RunSettings
+from segnode_errors import SegnodeError
+
+__all__ = ["Worker"]
+
+logger = logging.getLogger(__name__)
+
+
+class Worker:
+    """Claims jobs one at a time and runs them.
+
+    Parameters
+    ----------
+    config
+        Processing settings (device, folds, tile step), storage paths.
+    catalogue, queue, outbox
+        Where series files are found, jobs come from and deliveries go.
+    """
+
+    def __init__(self, config: NodeConfig, catalogue: Catalogue, queue: SqlJobQueue,
+                 outbox: Outbox) -> None:
+        self.config = config
+        self.catalogue = catalogue
+        self.queue = queue
+        self.outbox = outbox
+        self._pipelines: dict[RunSettings, Pipeline] = {}
+        self.current_job: int | None = None
+
+    def settings_for(self, model: str | None, seg_type: str) -> RunSettings:
+        """The run settings of a rule's model on this node's device."""
+        processing = self.config.processing
+        return RunSettings.build(
+            model=model, models_dir=self.config.storage.models_dir, device=processing.device,
+            seg_type=seg_type, folds=processing.folds, tile_step_size=processing.tile_step_size,
+        )
+
+    def pipeline(self, settings: RunSettings) -> Pipeline:
+        """The pipeline for ``settings``, loading its model the first time only."""
+        if settings not in self._pipelines:
+            self._pipelines[settings] = Pipeline(settings)
+            logger.info("model %s %s loaded (%s)", self._pipelines[settings].pack.name,
+                        self._pipelines[settings].pack.version,
+                        self._pipelines[settings].engine.describe().get("device"))
+        return self._pipelines[settings]
+
+    def run_once(self) -> bool:
+        """Run the oldest queued job; False when there was none."""
+        job = self.queue.claim()
+        if job is None:
+            return False
+        self.current_job = job.id
+        try:
+            self.run(job)
+        finally:
+            self.current_job = None
+        return True
+
+    def run(self, job: Job) -> None:
+        """Run one claimed job to done or failed; never raises."""
+        logger.info("job %d: series %s, rule %s (attempt %d)", job.id, job.series_uid,
+                    job.rule, job.attempts)
+        out_root = Path(self.config.storage.output_dir) / f"job-{job.id}"
+        self.queue.set_output_dir(job.id, str(out_root))
+        paths = self.catalogue.series_paths(job.series_uid)
+        if not paths:
+            self.queue.fail(job.id, "no instances of the series are in the spool")
+            return
+        try:
+            pipeline = self.pipeline(self.settings_for(job.model, job.seg_type))
+            results = run_series_files(pipeline, SeriesFiles(job.series_uid, tuple(paths)),
+                                       out_root, Progress(1, live=False))
+        except SegnodeError as exc:
+            self.queue.fail(job.id, str(exc))
+            logger.error("job %d failed: %s", job.id, exc)
+            return
+        except Exception as exc:  # noqa: BLE001 - one bad job never stops the worker
+            logger.exception("job %d failed with an internal error", job.id)
+            self.queue.fail(job.id, f"internal error: {type(exc).__name__}: {exc}")
+            return
+        self._finish(job, results)
+
+    def _finish(self, job: Job, results: list[VolumeResult]) -> None:
+        produced = [r for r in results if r.status in ("done", "skipped")]
+        outputs = [path for r in produced if r.folder is not None
+                   for path in (r.folder / "seg.dcm", r.folder / "sr.dcm") if path.is_file()]
+        for path in outputs:
+            sop_uid = str(pydicom.dcmread(path, stop_before_pixels=True,
+                                          specific_tags=["SOPInstanceUID"]).SOPInstanceUID)
+            for destination in job.destinations:
+                self.outbox.add(job.id, destination, path, sop_uid)
+        summary: dict[str, Any] = {
+            "volumes": [{"key": r.key, "status": r.status, "reason": r.reason,
+                         "folder": str(r.folder) if r.folder else None,
+                         "structures": len(r.structures)} for r in results],
+            "outputs": [str(p) for p in outputs],
+        }
+        problems = "; ".join(f"{r.key}: {r.reason}" for r in results if r.status == "failed")
+        if produced or not problems:
+            notes = problems or "; ".join(r.reason for r in results if r.status == "ignored")
+            self.queue.complete(job.id, summary, notes)
+            logger.info("job %d done: %d volume(s), %d output file(s) for %s", job.id,
+                        len(produced), len(outputs), ", ".join(job.destinations) or "no one")
+        else:
+            self.queue.fail(job.id, problems, summary)
+            logger.error("job %d failed: %s", job.id, problems)
