@@ -64,7 +64,8 @@ class Receiver:
         try:
             record_fields = _identify(parse())
         except Exception as exc:  # noqa: BLE001 - any parse failure is the sender's data
-            return self._quarantine(data, f"cannot be parsed: {_reason(exc)}", calling_ae)
+            return self._quarantine(data, f"not a readable DICOM instance: {_reason(exc)}",
+                                    calling_ae)
         try:
             path, digest = self.spool.store(data, record_fields["study_uid"],
                                             record_fields["series_uid"],
