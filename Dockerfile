@@ -1,7 +1,9 @@
 # segnode production image: NVIDIA CUDA runtime, Python 3.12, segnode and the
 # MRSegmentator weights installed at build time (no downloads at run time).
 # Build:  docker build -t segnode .
-# Run:    docker run --gpus all -v /srv/segnode:/data segnode segment /data/in --out /data/out
+# Node:   docker run --gpus all -p 11112:11112 -v /srv/segnode:/var/lib/segnode \
+#           -v /srv/segnode/config.yaml:/etc/segnode/config.yaml segnode
+# Folder: docker run --gpus all -v /srv/segnode:/data segnode segment /data/in --out /data/out
 # The host needs the NVIDIA driver and the NVIDIA Container Toolkit; the torch
 # wheel pinned below is a CUDA 13 build and carries its own CUDA libraries.
 FROM nvidia/cuda:13.0.1-runtime-ubuntu24.04
@@ -32,15 +34,31 @@ COPY segnode_errors ./segnode_errors
 COPY dicom_io ./dicom_io
 COPY model ./model
 COPY node ./node
+COPY config.yaml /etc/segnode/config.yaml
 
 # torch and torchvision pinned as in the Makefile, so pip never picks another pair.
 RUN pip install --no-cache-dir torch==2.14.1 torchvision==0.29.1 . \
     && segnode models install "$MRSEGMENTATOR_RELEASE" \
     && chown -R 10001:10001 /opt/segnode-models
 
+# The image's default configuration: the shipped one, listening on every
+# interface of the container, the installed MRSegmentator pack, data in the
+# volume /var/lib/segnode. `config check` fails the build if an edit breaks it.
+RUN sed -i \
+        -e 's|^  host: 127.0.0.1 .*|  host: 0.0.0.0|' \
+        -e 's|^    model: null .*|    model: mrsegmentator|' \
+        -e 's|^  spool_dir: .*|  spool_dir: /var/lib/segnode/spool|' \
+        -e 's|^  quarantine_dir: .*|  quarantine_dir: /var/lib/segnode/quarantine|' \
+        -e 's|^  output_dir: .*|  output_dir: /var/lib/segnode/outputs|' \
+        -e 's|^  models_dir: .*|  models_dir: /opt/segnode-models|' \
+        -e 's|^  database_url: null .*|  database_url: sqlite:////var/lib/segnode/segnode.db|' \
+        /etc/segnode/config.yaml \
+    && segnode config check /etc/segnode/config.yaml
+
 USER 10001
 WORKDIR /var/lib/segnode
+VOLUME ["/var/lib/segnode"]
+EXPOSE 11112
+ENV SEGNODE_CONFIG=/etc/segnode/config.yaml
 ENTRYPOINT ["segnode"]
-# The DICOM node (segnode serve) becomes the default command once it exists;
-# until then the image runs the command-line pipeline.
-CMD ["--help"]
+CMD ["serve"]

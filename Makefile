@@ -9,7 +9,6 @@ BIN         := $(VENV)/bin
 TORCH_PINS  := torch==2.14.1 torchvision==0.29.1
 STAMP       := $(VENV)/.segnode-installed
 DEMO_OUT    ?= out/demo
-DEB_PEERS   := dicom3tools dcmtk
 
 .PHONY: all setup run test test-fast lint peers clean demo-model
 
@@ -23,12 +22,13 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet $(TORCH_PINS) -e '.[dev]'
 	touch $@
 
-# The Debian peers the tests compare with (dciodvfy, DCMTK). Installed only
-# when running as root; the tests that need them skip with a reason otherwise.
+# The Debian peers the tests run against (dciodvfy, DCMTK, Orthanc). Installed
+# only when running as root; the tests that need them skip with a reason otherwise.
 peers:
 	@missing=""; \
 	command -v dciodvfy >/dev/null 2>&1 || missing="$$missing dicom3tools"; \
 	command -v storescu >/dev/null 2>&1 || missing="$$missing dcmtk"; \
+	command -v Orthanc >/dev/null 2>&1 || missing="$$missing orthanc"; \
 	if [ -n "$$missing" ] && [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
 		echo "installing Debian peers:$$missing"; \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null) \
