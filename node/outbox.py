@@ -52,7 +52,7 @@ class Outbox:
 
     def __init__(self, catalogue: Catalogue, retry: RetryConfig) -> None:
         self.catalogue = catalogue
-        self.retry = retry
+        self.policy = retry
 
     def add(self, job_id: int, destination: str, path: Path, sop_instance_uid: str) -> None:
         """Queue ``path`` for ``destination`` (once per job, destination and file)."""
@@ -88,12 +88,12 @@ class Outbox:
         """
         now = self.catalogue.clock()
         attempts = delivery.attempts + 1
-        if now - delivery.created_at >= self.retry.max_age_s:
+        if now - delivery.created_at >= self.policy.max_age_s:
             self._update(delivery.id, state="failed", attempts=attempts,
                          last_error=f"gave up after {attempts} attempts: {error}")
             return "failed"
-        delay = min(self.retry.max_delay_s,
-                    self.retry.initial_delay_s * self.retry.backoff_factor ** (attempts - 1))
+        delay = min(self.policy.max_delay_s,
+                    self.policy.initial_delay_s * self.policy.backoff_factor ** (attempts - 1))
         self._update(delivery.id, attempts=attempts, last_error=error, next_attempt_at=now + delay)
         return "pending"
 

@@ -84,6 +84,10 @@ def associate(dest: DestinationConfig, node: ListenerConfig,
     if assoc.is_rejected:
         message, transient = _rejection_words(assoc)
         raise SendFailure(f"{dest.name}: {message}", transient)
+    if not assoc.is_established and assoc.rejected_contexts and not assoc.accepted_contexts:
+        refused = sorted({cx.abstract_syntax.name for cx in assoc.rejected_contexts})
+        raise SendFailure(f"{dest.name}: {dest.ae_title} accepts none of the proposed SOP "
+                          f"classes and transfer syntaxes ({', '.join(refused)})", False)
     if not assoc.is_established:
         raise SendFailure(f"{dest.name}: no association with {dest.ae_title}@{dest.host}:"
                           f"{dest.port} (connection refused, timed out or aborted)", True)
