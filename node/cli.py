@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from collections.abc import Sequence
@@ -113,25 +114,29 @@ def _configure_logging(verbose: bool) -> None:
     logging.getLogger("pynetdicom").setLevel(logging.INFO if verbose else logging.WARNING)
 
 
+_HANDLERS = {
+    "segment": ("node.commands", "segment"),
+    "demo": ("node.commands", "demo"),
+    "models": ("node.commands", "models"),
+    "serve": ("node.node_commands", "serve"),
+    "status": ("node.node_commands", "status"),
+    "config": ("node.node_commands", "config_check"),
+    "jobs": ("node.node_commands", "jobs"),
+    "outbox": ("node.node_commands", "outbox"),
+    "echo": ("node.node_commands", "echo"),
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``segnode`` command; return the process exit status."""
     args = build_parser().parse_args(argv)
     _configure_logging(args.verbose)
-    from node import commands, node_commands
-
-    handlers = {
-        "segment": commands.segment,
-        "demo": commands.demo,
-        "models": commands.models,
-        "serve": node_commands.serve,
-        "status": node_commands.status,
-        "config": node_commands.config_check,
-        "jobs": node_commands.jobs,
-        "outbox": node_commands.outbox,
-        "echo": node_commands.echo,
-    }
+    # Import only the command's module: the node commands other than serve
+    # never load torch, so they answer in a fraction of a second.
+    module_name, function = _HANDLERS[args.command]
+    handler = getattr(importlib.import_module(module_name), function)
     try:
-        return handlers[args.command](args)
+        return handler(args)
     except SegnodeError as exc:
         logger.error("%s", exc)
         return 2

@@ -56,6 +56,8 @@ class _Strict(BaseModel):
 
 
 def _ae_title(value: str) -> str:
+    if not value.strip():
+        raise ValueError("invalid AE title: must not be empty or only spaces")
     ok, reason = validate_ae(value)
     if not ok:
         raise ValueError(f"invalid AE title {value!r}: {reason}")
@@ -252,19 +254,23 @@ class NodeConfig(_Strict):
     @model_validator(mode="after")
     def _check_references(self) -> NodeConfig:
         names = [d.name for d in self.destinations]
+        problems = []
         duplicated = sorted({n for n in names if names.count(n) > 1})
         if duplicated:
-            raise ValueError(f"destinations: duplicate name(s) {', '.join(duplicated)}")
+            problems.append(f"destinations: duplicate name(s) {', '.join(duplicated)}")
         rule_names = [r.name for r in self.rules]
-        if len(set(rule_names)) != len(rule_names):
-            raise ValueError("rules: rule names must be unique")
+        duplicated = sorted({n for n in rule_names if rule_names.count(n) > 1})
+        if duplicated:
+            problems.append(f"rules: duplicate name(s) {', '.join(duplicated)}")
         for index, rule in enumerate(self.rules):
             unknown = [d for d in rule.destinations if d not in names]
             if unknown:
-                raise ValueError(
+                problems.append(
                     f"rules.{index}.destinations: unknown destination(s) {', '.join(unknown)}"
                     f" (configured: {', '.join(names) or 'none'})"
                 )
+        if problems:
+            raise ValueError("\n".join(problems))
         return self
 
     def destination(self, name: str) -> DestinationConfig:
@@ -331,9 +337,11 @@ def load_config(path: Path) -> NodeConfig:
     """
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"Configuration file '{path}' cannot be read: {exc.strerror}.") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"Configuration file '{path}' is not YAML (not UTF-8 text).") from None
     try:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:

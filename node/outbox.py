@@ -110,7 +110,7 @@ class Outbox:
             query = query.where(outbox.c.id == delivery_id)
         with self.catalogue.begin() as db:
             result = db.execute(query.values(state="pending", next_attempt_at=now,
-                                             created_at=now))
+                                             created_at=now, attempts=0))
             return int(result.rowcount)
 
     def list(self, state: str | None = None, limit: int = 100) -> list[Delivery]:

@@ -67,14 +67,15 @@ class Receiver:
             return self._quarantine(data, f"not a readable DICOM instance: {_reason(exc)}",
                                     calling_ae)
         try:
-            path, digest = self.spool.store(data, record_fields["study_uid"],
-                                            record_fields["series_uid"],
-                                            record_fields["sop_instance_uid"])
-            outcome = self.catalogue.record_instance(
-                InstanceRecord(path=path, size_bytes=len(data), sha256=digest,
-                               calling_ae=calling_ae, **record_fields),
-                reopen_complete=self.reprocess_late_instances,
-            )
+            with self.spool.series_lock(record_fields["series_uid"]):
+                path, digest = self.spool.store(data, record_fields["study_uid"],
+                                                record_fields["series_uid"],
+                                                record_fields["sop_instance_uid"])
+                outcome = self.catalogue.record_instance(
+                    InstanceRecord(path=path, size_bytes=len(data), sha256=digest,
+                                   calling_ae=calling_ae, **record_fields),
+                    reopen_complete=self.reprocess_late_instances,
+                )
         except Exception as exc:  # noqa: BLE001 - disk or database: the sender must retry
             logger.error("instance %s not stored (%s): answering Out of Resources",
                          record_fields["sop_instance_uid"], _reason(exc))

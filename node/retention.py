@@ -1,9 +1,14 @@
 """Retention: remove a series' files once everything about it was delivered.
 
 A series is purged ``storage.retention_days`` after its newest job finished,
-when that job is done and every delivery of it succeeded: its spool files,
-its catalogue rows and the job's output folder go. Anything failed, pending
-or still receiving is kept, however old.
+when that job is done and every delivery of it succeeded; a series the rules
+did not process is purged that long after it was complete. Its spool files,
+catalogue rows and job output folders go. Anything failed, pending or still
+receiving is kept, however old.
+
+The purge of one series holds that series' spool lock (the receiver holds it
+from writing a file to cataloguing it) and checks the conditions again in
+its own transaction, so an instance arriving meanwhile is never deleted.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import shutil
 from pathlib import Path
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 
 from node.catalogue import COMPLETE, Catalogue, instances, jobs, outbox, series
 from node.config import NodeConfig
@@ -24,46 +30,63 @@ logger = logging.getLogger(__name__)
 
 
 class Retention:
-    """Purges delivered series past the retention time."""
+    """Purges delivered (or unprocessed) series past the retention time."""
 
     def __init__(self, config: NodeConfig, catalogue: Catalogue, spool: Spool) -> None:
         self.config = config
         self.catalogue = catalogue
         self.spool = spool
 
-    def expired(self) -> list[tuple[str, str, list[str]]]:
-        """(study UID, series UID, output folders) of every series due for purging."""
-        cutoff = self.catalogue.clock() - self.config.storage.retention_days * 86400.0
-        undelivered = sa.select(outbox.c.job_id).where(outbox.c.state != "done")
-        query = (
-            sa.select(series.c.study_uid, series.c.series_uid, jobs.c.output_dir)
-            .select_from(series.join(jobs, jobs.c.series_uid == series.c.series_uid))
-            .where(series.c.state == COMPLETE)
-            .where(series.c.last_received_at < cutoff)
-        )
-        found: dict[tuple[str, str], list[str]] = {}
-        blocked: set[str] = set()
+    def _cutoff(self) -> float:
+        return self.catalogue.clock() - self.config.storage.retention_days * 86400.0
+
+    def _purgeable(self, db: Connection, series_uid: str, cutoff: float) -> bool:
+        row = db.execute(sa.select(series.c.state, series.c.last_received_at)
+                         .where(series.c.series_uid == series_uid)).first()
+        if row is None or row.state != COMPLETE or row.last_received_at >= cutoff:
+            return False
+        newest = db.execute(sa.select(jobs.c.id, jobs.c.state, jobs.c.finished_at)
+                            .where(jobs.c.series_uid == series_uid)
+                            .order_by(jobs.c.id.desc()).limit(1)).first()
+        if newest is None:
+            return True  # complete and never processed: nothing to deliver
+        if newest.state != "done" or newest.finished_at is None or newest.finished_at >= cutoff:
+            return False
+        undelivered = db.execute(sa.select(sa.func.count()).select_from(outbox).where(
+            outbox.c.job_id == newest.id, outbox.c.state != "done")).scalar_one()
+        return undelivered == 0
+
+    def expired(self) -> list[str]:
+        """UIDs of every series due for purging now."""
+        cutoff = self._cutoff()
         with self.catalogue.engine.connect() as db:
-            for row in db.execute(query.add_columns(jobs.c.state, jobs.c.finished_at,
-                                                    jobs.c.id.in_(undelivered).label("open"))):
-                key = (row.study_uid, row.series_uid)
-                if (row.state != "done" or row.open or row.finished_at is None
-                        or row.finished_at >= cutoff):
-                    blocked.add(row.series_uid)
-                found.setdefault(key, []).append(row.output_dir)
-        return [(study, uid, dirs) for (study, uid), dirs in found.items() if uid not in blocked]
+            candidates = [row.series_uid for row in db.execute(
+                sa.select(series.c.series_uid).where(series.c.state == COMPLETE,
+                                                     series.c.last_received_at < cutoff))]
+            return [uid for uid in candidates if self._purgeable(db, uid, cutoff)]
 
     def run_once(self) -> int:
         """Purge every expired series; returns how many."""
         purged = 0
-        for study_uid, series_uid, output_dirs in self.expired():
-            self.spool.remove_series(study_uid, series_uid)
-            for folder in output_dirs:
-                if folder:
-                    shutil.rmtree(Path(folder), ignore_errors=True)
-            with self.catalogue.begin() as db:
-                db.execute(instances.delete().where(instances.c.series_uid == series_uid))
-                db.execute(series.delete().where(series.c.series_uid == series_uid))
-            purged += 1
-            logger.info("series %s purged after retention", series_uid)
+        for series_uid in self.expired():
+            with self.spool.series_lock(series_uid):
+                purged += self._purge(series_uid)
         return purged
+
+    def _purge(self, series_uid: str) -> bool:
+        with self.catalogue.begin() as db:
+            if not self._purgeable(db, series_uid, self._cutoff()):
+                return False
+            paths = [Path(row.path) for row in db.execute(
+                sa.select(instances.c.path).where(instances.c.series_uid == series_uid))]
+            folders = [row.output_dir for row in db.execute(
+                sa.select(jobs.c.output_dir).where(jobs.c.series_uid == series_uid))]
+            db.execute(instances.delete().where(instances.c.series_uid == series_uid))
+            db.execute(series.delete().where(series.c.series_uid == series_uid))
+        for path in paths:
+            path.unlink(missing_ok=True)
+        for folder in {Path(f) for f in folders if f}:
+            shutil.rmtree(folder, ignore_errors=True)
+        self.spool.prune_empty(paths)
+        logger.info("series %s purged after retention (%d instances)", series_uid, len(paths))
+        return True

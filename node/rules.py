@@ -54,7 +54,9 @@ def never_processed(series: SeriesRow) -> str | None:
             return f"SOP class {series.sop_class_uid} is {what}"
     if "LOCALIZER" in series.image_type:
         return "a localizer (ImageType LOCALIZER)"
-    if series.sop_class_uid.startswith(_SECONDARY_CAPTURE) and "DERIVED" in series.image_type:
+    secondary = series.sop_class_uid == _SECONDARY_CAPTURE or series.sop_class_uid.startswith(
+        _SECONDARY_CAPTURE + ".")
+    if secondary and "DERIVED" in series.image_type:
         return "a derived secondary capture"
     return None
 

@@ -73,6 +73,10 @@ def format_validation_error(exc: ValidationError) -> str:
     """Render a pydantic error as one line per problem, each with its key path."""
     lines = []
     for error in exc.errors():
-        path = ".".join(str(part) for part in error["loc"]) or "(root)"
-        lines.append(f"{path}: {error['msg']}")
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if not error["loc"]:
+            lines.extend(message.splitlines())  # whole-model checks name their own keys
+            continue
+        path = ".".join(str(part) for part in error["loc"])
+        lines.append(f"{path}: {message}")
     return "\n".join(lines)

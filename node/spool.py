@@ -16,13 +16,16 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import time
+import zlib
 from pathlib import Path
 
 from segnode_errors import InputRejected
 
 __all__ = ["Spool", "Quarantine", "check_uid", "free_disk_mb", "durable_write"]
 
+_LOCK_STRIPES = 64
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
 
@@ -84,6 +87,7 @@ class Spool:
         self.root = Path(root)
         self.tmp = self.root / ".tmp"
         self.tmp.mkdir(parents=True, exist_ok=True)
+        self._locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
         for leftover in self.tmp.glob("*.part"):
             leftover.unlink(missing_ok=True)
 
@@ -107,15 +111,19 @@ class Spool:
         durable_write(path, data, self.tmp)
         return path, hashlib.sha256(data).hexdigest()
 
-    def remove_series(self, study_uid: str, series_uid: str) -> None:
-        """Delete a series folder (retention)."""
-        folder = self.root / check_uid(study_uid, "StudyInstanceUID") / check_uid(
-            series_uid, "SeriesInstanceUID")
-        shutil.rmtree(folder, ignore_errors=True)
-        try:
-            folder.parent.rmdir()
-        except OSError:
-            pass
+    def series_lock(self, series_uid: str) -> threading.Lock:
+        """The lock held while a file of this series is written and catalogued, or purged."""
+        return self._locks[zlib.crc32(series_uid.encode()) % len(self._locks)]
+
+    def prune_empty(self, paths: list[Path]) -> None:
+        """Remove the series and study folders of ``paths`` that are now empty."""
+        for folder in sorted({p.parent for p in paths} | {p.parent.parent for p in paths},
+                             key=lambda f: len(f.parts), reverse=True):
+            if folder != self.root and self.root in folder.parents:
+                try:
+                    folder.rmdir()
+                except OSError:
+                    pass
 
 
 class Quarantine:

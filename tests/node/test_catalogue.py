@@ -1,0 +1,256 @@
+"""The catalogue (instances and series) and the assembler, on a real SQLite file."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from node.assembler import Assembler
+from node.catalogue import Catalogue, instances
+from node.config import DestinationConfig, NodeConfig, RuleConfig, RuleMatch, TimingConfig
+from node.jobqueue import SqlJobQueue
+from tests.node.fakes import SERIES, STUDY, FakeClock, new_catalogue, record
+
+OTHER_SERIES = "1.2.826.0.1.3680043.8.498.1.2"
+SEG = "1.2.840.10008.5.1.4.1.1.66.4"
+MR_ATTRS = {"modality": "MR", "description": "t1_vibe", "body_part": "ABDOMEN",
+            "image_type": "ORIGINAL\\PRIMARY\\M", "manufacturer": "SIEMENS"}
+
+
+@pytest.fixture()
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture()
+def catalogue(tmp_path: Path, clock: FakeClock) -> Iterator[Catalogue]:
+    cat = new_catalogue(tmp_path, clock)
+    yield cat
+    cat.close()
+
+
+def _complete(catalogue: Catalogue, series_uid: str = SERIES, decision: str = "done") -> bool:
+    with catalogue.begin() as db:
+        return catalogue.complete_series(db, series_uid, decision,
+                                         received_before=catalogue.clock() + 1)
+
+
+def _instance_row(catalogue: Catalogue, sop: str) -> sa.Row:
+    with catalogue.engine.connect() as db:
+        return db.execute(sa.select(instances).where(
+            instances.c.sop_instance_uid == sop)).one()
+
+
+# record_instance -----------------------------------------------------------------------------
+
+
+def test_new_instance_creates_its_series(catalogue: Catalogue, clock: FakeClock) -> None:
+    outcome = catalogue.record_instance(record("1.1", **MR_ATTRS), reopen_complete=True)
+    assert (outcome.kind, outcome.old_path, outcome.reopened) == ("new", None, False)
+    row = catalogue.get_series(SERIES)
+    assert row is not None
+    assert (row["state"], row["modality"], row["description"], row["image_type"]) == (
+        "receiving", "MR", "t1_vibe", "ORIGINAL\\PRIMARY\\M")
+    assert row["first_received_at"] == row["last_received_at"] == clock.now
+    assert catalogue.instance_count() == catalogue.instance_count(SERIES) == 1
+
+
+def test_identical_resend_changes_nothing(catalogue: Catalogue, clock: FakeClock) -> None:
+    catalogue.record_instance(record("1.1"), reopen_complete=True)
+    first = clock.now
+    clock.advance(100)
+    outcome = catalogue.record_instance(record("1.1"), reopen_complete=True)
+    assert (outcome.kind, outcome.old_path, outcome.reopened) == ("identical", None, False)
+    assert catalogue.get_series(SERIES)["last_received_at"] == first
+    assert _instance_row(catalogue, "1.1").received_at == first
+    assert catalogue.instance_count() == 1
+
+
+def test_other_content_replaces_in_place(catalogue: Catalogue, clock: FakeClock) -> None:
+    catalogue.record_instance(record("1.1", sha="a" * 64), reopen_complete=True)
+    now = clock.advance(100)
+    outcome = catalogue.record_instance(record("1.1", sha="b" * 64), reopen_complete=True)
+    assert (outcome.kind, outcome.old_path) == ("replaced", None)  # same spool path
+    assert _instance_row(catalogue, "1.1").sha256 == "b" * 64
+    assert catalogue.get_series(SERIES)["last_received_at"] == now  # counts as an arrival
+    assert catalogue.instance_count() == 1
+
+
+def test_replacement_at_another_path_returns_the_old_path(catalogue: Catalogue) -> None:
+    old = record("1.1", sha="a" * 64)
+    catalogue.record_instance(old, reopen_complete=True)
+    moved = record("1.1", series=OTHER_SERIES, sha="b" * 64)
+    outcome = catalogue.record_instance(moved, reopen_complete=True)
+    assert outcome.kind == "replaced" and outcome.old_path == old.path
+    assert _instance_row(catalogue, "1.1").path == str(moved.path)
+    assert catalogue.instance_count(SERIES) == 0 and catalogue.instance_count(OTHER_SERIES) == 1
+
+
+def test_late_instance_reopens_only_when_asked(catalogue: Catalogue, clock: FakeClock) -> None:
+    catalogue.record_instance(record("1.1"), reopen_complete=True)
+    assert _complete(catalogue, decision="rule mr")
+    clock.advance(60)
+    kept = catalogue.record_instance(record("1.2"), reopen_complete=False)
+    assert (kept.kind, kept.reopened) == ("new", False)
+    row = catalogue.get_series(SERIES)
+    assert (row["state"], row["decision"]) == ("complete", "rule mr")
+    assert catalogue.instance_count(SERIES) == 2
+    reopened = catalogue.record_instance(record("1.3"), reopen_complete=True)
+    assert reopened.reopened
+    row = catalogue.get_series(SERIES)
+    assert (row["state"], row["decision"], row["last_received_at"]) == (
+        "receiving", "", clock.now)
+
+
+def test_replaced_instance_reopens_a_complete_series(catalogue: Catalogue) -> None:
+    catalogue.record_instance(record("1.1", sha="a" * 64), reopen_complete=True)
+    assert _complete(catalogue)
+    identical = catalogue.record_instance(record("1.1", sha="a" * 64), reopen_complete=True)
+    assert not identical.reopened and catalogue.get_series(SERIES)["state"] == "complete"
+    replaced = catalogue.record_instance(record("1.1", sha="c" * 64), reopen_complete=True)
+    assert replaced.reopened and catalogue.get_series(SERIES)["state"] == "receiving"
+
+
+def test_concurrent_writers_do_not_lock_each_other_out(catalogue: Catalogue) -> None:
+    """4 threads x 100 instances into two shared series: every row lands, no lock error."""
+    start = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def store(thread: int) -> None:
+        start.wait()
+        try:
+            for n in range(100):
+                series = SERIES if n % 2 else OTHER_SERIES
+                catalogue.record_instance(record(f"1.{thread}.{n}", series=series),
+                                          reopen_complete=True)
+        except BaseException as exc:  # reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=store, args=(t,)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    assert catalogue.instance_count() == 400
+    assert catalogue.instance_count(SERIES) == catalogue.instance_count(OTHER_SERIES) == 200
+    assert catalogue.series_counts() == {"receiving": 2}
+
+
+def test_quiet_series_lists_receiving_series_quiet_before_the_cutoff(
+    catalogue: Catalogue, clock: FakeClock,
+) -> None:
+    for sop in ("1.1", "1.2", "1.3"):
+        catalogue.record_instance(record(sop, **MR_ATTRS), reopen_complete=True)
+    clock.advance(10)
+    catalogue.record_instance(record("2.1", series=OTHER_SERIES), reopen_complete=True)
+    assert catalogue.quiet_series(received_before=clock.now - 10) == []  # strictly before
+    [row] = catalogue.quiet_series(received_before=clock.now)
+    assert (row.series_uid, row.study_uid, row.n_instances, row.state) == (
+        SERIES, STUDY, 3, "receiving")
+    assert row.image_type == ("ORIGINAL", "PRIMARY", "M") and row.body_part == "ABDOMEN"
+    both = catalogue.quiet_series(received_before=clock.now + 1)
+    assert [r.series_uid for r in both] == [SERIES, OTHER_SERIES]  # oldest first
+    assert _complete(catalogue)
+    assert [r.series_uid for r in catalogue.quiet_series(clock.now + 1)] == [OTHER_SERIES]
+
+
+# The assembler --------------------------------------------------------------------------------
+
+
+def _config(quiet_s: float = 30.0) -> NodeConfig:
+    dest = {"ae_title": "ORTHANC", "host": "127.0.0.1", "port": 4242}
+    return NodeConfig(
+        destinations=(DestinationConfig(name="pacs", **dest),
+                      DestinationConfig(name="archive", **dest)),
+        rules=(RuleConfig(name="mr-body", match=RuleMatch(modality=("MR",), min_slices=3),
+                          model="mrsegmentator", seg_type="labelmap",
+                          destinations=("pacs", "archive")),),
+        timing=TimingConfig(series_quiet_s=quiet_s),
+    )
+
+
+def _send(catalogue: Catalogue, clock: FakeClock, sops: list[str], series: str = SERIES,
+          **attrs: str) -> None:
+    for sop in sops:
+        catalogue.record_instance(record(sop, series=series, **{**MR_ATTRS, **attrs}),
+                                  reopen_complete=True)
+        clock.advance(1)
+
+
+def test_assembler_waits_for_the_quiet_time_then_queues_one_job(
+    catalogue: Catalogue, clock: FakeClock,
+) -> None:
+    queue = SqlJobQueue(catalogue)
+    assembler = Assembler(_config(quiet_s=30), catalogue, queue)
+    _send(catalogue, clock, ["1.1", "1.2", "1.3"])
+    last = catalogue.get_series(SERIES)["last_received_at"]
+    clock.now = last + 30  # exactly the quiet time: not yet quiet
+    assert assembler.run_once() == 0
+    assert queue.list() == [] and catalogue.get_series(SERIES)["state"] == "receiving"
+    clock.now = last + 30.5
+    assert assembler.run_once() == 1
+    [job] = queue.list()
+    assert (job.series_uid, job.rule, job.model, job.seg_type, job.destinations, job.state) == (
+        SERIES, "mr-body", "mrsegmentator", "labelmap", ("pacs", "archive"), "queued")
+    row = catalogue.get_series(SERIES)
+    assert (row["state"], row["decision"], row["job_id"]) == ("complete", "rule mr-body", job.id)
+    clock.advance(3600)
+    assert assembler.run_once() == 0 and len(queue.list()) == 1
+
+
+@pytest.mark.parametrize("series_attrs, reason", [
+    ({"modality": "SEG", "image_type": "DERIVED\\PRIMARY", "sop_class": SEG},
+     "never processed: SOP class 1.2.840.10008.5.1.4.1.1.66.4 is a segmentation"),
+    ({"modality": "CT"}, "no rule matched (mr-body: modality CT not in MR)"),
+], ids=["excluded", "unmatched"])
+def test_unprocessed_series_complete_with_the_reason_and_no_job(
+    tmp_path: Path, clock: FakeClock, series_attrs: dict[str, str], reason: str,
+) -> None:
+    catalogue = new_catalogue(tmp_path, clock)
+    queue = SqlJobQueue(catalogue)
+    for sop in ("1.1", "1.2", "1.3"):
+        catalogue.record_instance(record(sop, **{**MR_ATTRS, **series_attrs}),
+                                  reopen_complete=True)
+    clock.advance(31)
+    assert Assembler(_config(), catalogue, queue).run_once() == 0
+    row = catalogue.get_series(SERIES)
+    assert row["state"] == "complete" and row["decision"].startswith(reason)
+    assert row["job_id"] is None and queue.list() == []
+    catalogue.close()
+
+
+def test_arrival_after_quiet_check_keeps_the_series_receiving(
+    catalogue: Catalogue, clock: FakeClock,
+) -> None:
+    _send(catalogue, clock, ["1.1", "1.2", "1.3"])
+    clock.advance(60)
+    cutoff = clock.now - 30
+    [quiet] = catalogue.quiet_series(cutoff)
+    catalogue.record_instance(record("1.4", **MR_ATTRS), reopen_complete=True)  # just now
+    with catalogue.begin() as db:
+        assert not catalogue.complete_series(db, quiet.series_uid, "rule mr-body",
+                                             received_before=cutoff)
+    row = catalogue.get_series(SERIES)
+    assert (row["state"], row["decision"]) == ("receiving", "")
+
+
+def test_reopened_series_gets_a_new_job_after_the_quiet_time(
+    catalogue: Catalogue, clock: FakeClock,
+) -> None:
+    queue = SqlJobQueue(catalogue)
+    assembler = Assembler(_config(), catalogue, queue)
+    _send(catalogue, clock, ["1.1", "1.2", "1.3"])
+    clock.advance(31)
+    assert assembler.run_once() == 1
+    _send(catalogue, clock, ["1.4"])
+    assert catalogue.get_series(SERIES)["state"] == "receiving"
+    assert assembler.run_once() == 0
+    clock.advance(31)
+    assert assembler.run_once() == 1
+    second, first = queue.list()
+    assert second.id > first.id and catalogue.get_series(SERIES)["job_id"] == second.id

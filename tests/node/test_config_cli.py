@@ -1,0 +1,145 @@
+"""``segnode config check`` and ``segnode serve`` refusing a bad ``config.yaml``, in subprocesses.
+
+Importing the command line costs seconds (it loads torch), so one helper
+process imports it once and forks a child per command: each child runs
+``node.cli.main`` exactly as ``python -m node.cli`` does, with its own
+stdout, stderr and exit status.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.node.conftest import REPO
+
+#: Runs each command of a JSON {name: argv} map in a forked child of one process.
+_FORK_RUNNER = r"""
+import json, os, sys, traceback
+import node.cli, node.commands, node.node_commands
+
+folder, commands = sys.argv[1], json.loads(sys.argv[2])
+codes = {}
+for name, argv in commands.items():
+    pid = os.fork()
+    if pid == 0:
+        for fd, suffix in ((1, "out"), (2, "err")):
+            target = os.open(os.path.join(folder, f"{name}.{suffix}"),
+                             os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            os.dup2(target, fd)
+        try:
+            code = node.cli.main(argv)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    codes[name] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+print(json.dumps(codes))
+"""
+
+
+@dataclass(frozen=True)
+class Run:
+    """One command's outcome."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_cli_python(code: str, *args: object) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` with the interpreter and environment of :func:`run_cli`."""
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
+                          text=True, timeout=120, check=False)
+
+
+def _bad_config(folder: Path) -> Path:
+    raw = yaml.safe_load((REPO / "config.yaml").read_text())
+    raw["node"]["port"] = 99999
+    raw["processing"]["device"] = "gpu"
+    folder.mkdir()
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Run]]:
+    """Every command of this module, each in its own process: name -> (file given, run)."""
+    root = tmp_path_factory.mktemp("config_cli")
+    good = Path(shutil.copy(REPO / "config.yaml", root / "config.yaml"))
+    bad_check = _bad_config(root / "bad_check")
+    bad_serve = _bad_config(root / "bad_serve")
+    compressed = root / "config.yaml.gz"
+    compressed.write_bytes(gzip.compress(good.read_bytes()))
+    missing = root / "absent.yaml"
+    commands = {
+        "good": (good, ("config", "check", good)),
+        "bad": (bad_check, ("config", "check", bad_check)),
+        "serve_bad": (bad_serve, ("serve", "--config", bad_serve)),
+        "missing": (missing, ("config", "check", missing)),
+        "binary": (compressed, ("config", "check", compressed)),
+    }
+    logs = root / "logs"
+    logs.mkdir()
+    argv = {name: [str(arg) for arg in args] for name, (_, args) in commands.items()}
+    runner = run_cli_python(_FORK_RUNNER, logs, json.dumps(argv))
+    assert runner.returncode == 0, runner.stderr[-2000:]
+    codes = json.loads(runner.stdout)
+    return {name: (path, Run(codes[name], (logs / f"{name}.out").read_text(),
+                             (logs / f"{name}.err").read_text()))
+            for name, (path, _) in commands.items()}
+
+
+def test_check_good_config(runs: dict[str, tuple[Path, Run]]) -> None:
+    path, result = runs["good"]
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"{path}: valid" in result.stdout
+
+
+def test_check_bad_config_names_each_key_path(runs: dict[str, tuple[Path, Run]]) -> None:
+    path, result = runs["bad"]
+    assert result.returncode == 2
+    assert str(path) in result.stderr
+    assert "node.port: Input should be less than or equal to 65535" in result.stderr
+    assert "processing.device: must be auto, cpu, cuda or cuda:N, got 'gpu'" \
+        in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_refuses_bad_config_before_doing_anything(
+    runs: dict[str, tuple[Path, Run]],
+) -> None:
+    path, result = runs["serve_bad"]
+    assert result.returncode == 2
+    assert "node.port: Input should be less than or equal to 65535" in result.stderr
+    assert "processing.device:" in result.stderr
+    # The catalogue and spool (var/ beside the file) were never created.
+    assert sorted(p.name for p in path.parent.iterdir()) == ["config.yaml"]
+
+
+@pytest.mark.parametrize("case, words", [
+    ("missing", "cannot be read: No such file or directory"),
+    ("binary", "Configuration file"),
+])
+def test_unreadable_file_gives_a_clear_message(
+    runs: dict[str, tuple[Path, Run]], case: str, words: str,
+) -> None:
+    path, result = runs[case]
+    assert "Traceback" not in result.stderr, result.stderr[-1500:]
+    assert result.returncode == 2
+    assert f"'{path}'" in result.stderr and words in result.stderr

@@ -1,0 +1,113 @@
+"""The durable job queue (:class:`node.jobqueue.SqlJobQueue`) on a real SQLite catalogue."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from node.catalogue import Catalogue
+from node.jobqueue import SqlJobQueue
+from tests.node.fakes import FakeClock, new_catalogue
+
+
+@pytest.fixture()
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture()
+def queue(tmp_path: Path, clock: FakeClock) -> Iterator[SqlJobQueue]:
+    catalogue = new_catalogue(tmp_path, clock)
+    yield SqlJobQueue(catalogue)
+    catalogue.close()
+
+
+def _enqueue(queue: SqlJobQueue, series_uid: str, clock: FakeClock) -> int:
+    job_id = queue.enqueue(series_uid, rule="mr", model=None, seg_type="binary",
+                           destinations=("pacs", "archive"))
+    clock.advance(1)
+    return job_id
+
+
+def test_claim_takes_the_oldest_and_marks_it_running(queue: SqlJobQueue,
+                                                     clock: FakeClock) -> None:
+    first, second = _enqueue(queue, "1.1", clock), _enqueue(queue, "1.2", clock)
+    queued = queue.get(first)
+    assert queued is not None
+    assert (queued.state, queued.attempts, queued.started_at, queued.created_at) == (
+        "queued", 0, None, clock.now - 2)
+    claimed = queue.claim()
+    assert claimed is not None
+    assert (claimed.id, claimed.series_uid, claimed.state, claimed.attempts) == (
+        first, "1.1", "running", 1)
+    assert claimed.started_at == clock.now
+    assert (claimed.rule, claimed.model, claimed.seg_type, claimed.destinations) == (
+        "mr", None, "binary", ("pacs", "archive"))
+    assert queue.claim().id == second
+    assert queue.claim() is None
+
+
+def test_complete_and_fail_store_the_outcome(queue: SqlJobQueue, clock: FakeClock) -> None:
+    done_id, failed_id = _enqueue(queue, "1.1", clock), _enqueue(queue, "1.2", clock)
+    queue.claim()
+    queue.claim()
+    queue.set_output_dir(done_id, "/out/job-1")
+    queue.complete(done_id, {"volumes": 1, "files": ["seg.dcm", "sr.dcm"]}, "2 files")
+    clock.advance(5)
+    queue.fail(failed_id, "InputRejected: 2 slices")
+    done, failed = queue.get(done_id), queue.get(failed_id)
+    assert (done.state, done.reason, done.output_dir) == ("done", "2 files", "/out/job-1")
+    assert done.result == {"volumes": 1, "files": ["seg.dcm", "sr.dcm"]}
+    assert done.finished_at == clock.now - 5
+    assert (failed.state, failed.reason, failed.result, failed.finished_at) == (
+        "failed", "InputRejected: 2 slices", {}, clock.now)
+
+
+def test_requeue_only_failed_or_done(queue: SqlJobQueue, clock: FakeClock) -> None:
+    running, failed, done = (_enqueue(queue, uid, clock) for uid in ("1.1", "1.2", "1.3"))
+    queue.claim(), queue.claim(), queue.claim()
+    queue.fail(failed, "boom")
+    queue.complete(done, {})
+    waiting = _enqueue(queue, "1.4", clock)
+    assert not queue.requeue(running)
+    assert not queue.requeue(waiting)
+    assert not queue.requeue(9999)
+    assert queue.requeue(failed) and queue.requeue(done)
+    again = queue.get(failed)
+    assert (again.state, again.reason, again.finished_at) == ("queued", "", None)
+    assert queue.get(running).state == "running"
+    assert [queue.claim().id for _ in range(3)] == [failed, done, waiting]
+    assert queue.get(failed).attempts == 2
+
+
+def test_requeue_interrupted_puts_running_jobs_back(queue: SqlJobQueue, clock: FakeClock) -> None:
+    ids = [_enqueue(queue, f"1.{n}", clock) for n in range(4)]
+    for _ in range(3):
+        queue.claim()
+    queue.complete(ids[2], {})
+    assert sorted(queue.requeue_interrupted()) == [ids[0], ids[1]]
+    states = {job_id: queue.get(job_id) for job_id in ids}
+    assert [states[i].state for i in ids] == ["queued", "queued", "done", "queued"]
+    assert "interrupted" in states[ids[0]].reason
+    assert queue.requeue_interrupted() == []
+
+
+def test_counts_has_every_state(queue: SqlJobQueue, clock: FakeClock) -> None:
+    assert queue.counts() == {"queued": 0, "running": 0, "done": 0, "failed": 0}
+    ids = [_enqueue(queue, f"1.{n}", clock) for n in range(5)]
+    for _ in range(3):
+        queue.claim()
+    queue.complete(ids[0], {})
+    queue.fail(ids[1], "x")
+    assert queue.counts() == {"queued": 2, "running": 1, "done": 1, "failed": 1}
+    assert [job.id for job in queue.list("queued")] == [ids[4], ids[3]]  # newest first
+
+
+def test_enqueue_joins_the_callers_transaction(queue: SqlJobQueue) -> None:
+    catalogue: Catalogue = queue.catalogue
+    with pytest.raises(RuntimeError), catalogue.begin() as db:
+        queue.enqueue("1.1", rule="mr", model=None, seg_type="binary", destinations=(), db=db)
+        raise RuntimeError("crash before commit")
+    assert queue.list() == [] and queue.claim() is None
