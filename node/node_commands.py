@@ -62,9 +62,10 @@ def config_check(args: argparse.Namespace) -> int:
 
 def serve(args: argparse.Namespace) -> int:
     """``segnode serve``: run the node until SIGTERM or SIGINT."""
+    config = _load(args)  # a bad configuration stops here, before torch is imported
     from node.service import Node
 
-    node = Node(_load(args))
+    node = Node(config)
 
     def _stop(signum: int, _frame: object) -> None:
         logger.info("signal %d: stopping", signum)

@@ -1,70 +1,18 @@
-"""``segnode config check`` and ``segnode serve`` refusing a bad ``config.yaml``, in subprocesses.
-
-Importing the command line costs seconds (it loads torch), so one helper
-process imports it once and forks a child per command: each child runs
-``node.cli.main`` exactly as ``python -m node.cli`` does, with its own
-stdout, stderr and exit status.
-"""
+"""``segnode config check`` and ``segnode serve`` refusing a bad ``config.yaml``."""
 
 from __future__ import annotations
 
 import gzip
-import json
-import os
 import shutil
 import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.node.conftest import REPO
+from tests.node.conftest import REPO, run_cli
 
-#: Runs each command of a JSON {name: argv} map in a forked child of one process.
-_FORK_RUNNER = r"""
-import json, os, sys, traceback
-import node.cli, node.commands, node.node_commands
-
-folder, commands = sys.argv[1], json.loads(sys.argv[2])
-codes = {}
-for name, argv in commands.items():
-    pid = os.fork()
-    if pid == 0:
-        for fd, suffix in ((1, "out"), (2, "err")):
-            target = os.open(os.path.join(folder, f"{name}.{suffix}"),
-                             os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-            os.dup2(target, fd)
-        try:
-            code = node.cli.main(argv)
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        except BaseException:
-            traceback.print_exc()
-            code = 1
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    codes[name] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-print(json.dumps(codes))
-"""
-
-
-@dataclass(frozen=True)
-class Run:
-    """One command's outcome."""
-
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-def run_cli_python(code: str, *args: object) -> subprocess.CompletedProcess[str]:
-    """Run ``code`` with the interpreter and environment of :func:`run_cli`."""
-    return subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=REPO,
-                          env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
-                          text=True, timeout=120, check=False)
+Run = subprocess.CompletedProcess
 
 
 def _bad_config(folder: Path) -> Path:
@@ -94,15 +42,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Run]
         "missing": (missing, ("config", "check", missing)),
         "binary": (compressed, ("config", "check", compressed)),
     }
-    logs = root / "logs"
-    logs.mkdir()
-    argv = {name: [str(arg) for arg in args] for name, (_, args) in commands.items()}
-    runner = run_cli_python(_FORK_RUNNER, logs, json.dumps(argv))
-    assert runner.returncode == 0, runner.stderr[-2000:]
-    codes = json.loads(runner.stdout)
-    return {name: (path, Run(codes[name], (logs / f"{name}.out").read_text(),
-                             (logs / f"{name}.err").read_text()))
-            for name, (path, _) in commands.items()}
+    return {name: (path, run_cli(*args, timeout=120)) for name, (path, args) in commands.items()}
 
 
 def test_check_good_config(runs: dict[str, tuple[Path, Run]]) -> None:
