@@ -10,7 +10,7 @@ TORCH_PINS  := torch==2.14.1 torchvision==0.29.1
 STAMP       := $(VENV)/.segnode-installed
 DEMO_OUT    ?= out/demo
 
-.PHONY: all setup run test test-fast lint peers clean demo-model
+.PHONY: all setup run test test-fast lint peers clean demo-model bench
 
 all: test
 
@@ -44,8 +44,12 @@ test: $(STAMP) peers
 	$(BIN)/python -m pytest -q -ra
 
 lint: $(STAMP)
-	$(BIN)/ruff check node dicom_io model segnode_errors tests scripts
+	$(BIN)/ruff check node dicom_io model segnode_errors tests scripts bench
 	$(BIN)/hadolint Dockerfile
+
+# Receive throughput of `segnode serve` next to DCMTK storescp (root; about 2 minutes).
+bench: $(STAMP) peers
+	$(BIN)/python bench/receive.py
 
 # Re-train the embedded demo model from the phantom generator (CPU, minutes).
 demo-model: $(STAMP)

@@ -724,6 +724,24 @@ class Orthanc:
 # DCMTK
 
 
+def dcmtk_tool(tool: str) -> str | None:
+    """The path of DCMTK's ``tool``: the first native binary of that name on PATH.
+
+    pynetdicom installs Python scripts called ``storescu``, ``storescp`` and
+    ``echoscu`` into the venv; those are skipped.
+    """
+    for folder in os.get_exec_path():
+        candidate = Path(folder) / tool
+        try:
+            with candidate.open("rb") as handle:
+                native = handle.read(4) == b"\x7fELF"
+        except OSError:
+            continue
+        if native and os.access(candidate, os.X_OK):
+            return str(candidate)
+    return None
+
+
 def dcmtk_available(tool: str = "storescu") -> str | None:
     """Check that a DCMTK tool is installed.
 
@@ -737,7 +755,7 @@ def dcmtk_available(tool: str = "storescu") -> str | None:
     str or None
         ``None`` when found on PATH, else the reason.
     """
-    if shutil.which(tool) is None:
+    if dcmtk_tool(tool) is None:
         return f"DCMTK {tool} not found (apt-get install dcmtk)"
     return None
 
@@ -797,7 +815,8 @@ def storescu(
     if isinstance(files_or_dir, (str, os.PathLike)):
         files_or_dir = [files_or_dir]
     argv = [
-        "storescu", "-aet", calling_aet, "-aec", called_aet, "+sd", "+r",
+        dcmtk_tool("storescu") or "storescu", "-aet", calling_aet, "-aec", called_aet,
+        "+sd", "+r",
         *_net_timeouts(timeout), *extra_args, host, str(port), *map(str, files_or_dir),
     ]
     return _run_dcmtk(argv, netns, timeout)
@@ -818,7 +837,8 @@ def echoscu(
     Parameters are as for :func:`storescu`.
     """
     argv = [
-        "echoscu", "-aet", calling_aet, "-aec", called_aet, *_net_timeouts(timeout),
+        dcmtk_tool("echoscu") or "echoscu", "-aet", calling_aet, "-aec", called_aet,
+        *_net_timeouts(timeout),
         *extra_args, host, str(port),
     ]
     return _run_dcmtk(argv, netns, timeout)
@@ -896,7 +916,8 @@ class StoreSCP:
         if self.running:
             return self
         argv = [
-            *_pdeathsig_prefix(), "storescp", "-aet", self.aet, "-od", str(self.folder),
+            *_pdeathsig_prefix(), dcmtk_tool("storescp") or "storescp", "-aet", self.aet,
+            "-od", str(self.folder),
             "-dhl", *(["--fork"] if self.fork else []), *self.extra_args, str(self.port),
         ]
         with self.log_path.open("ab") as log:
