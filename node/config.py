@@ -29,7 +29,7 @@ from pydantic import (
 )
 from pynetdicom._validators import validate_ae
 
-from node.settings import default_models_dir, format_validation_error
+from node.settings import check_device, default_models_dir, format_validation_error
 from segnode_errors import ConfigError
 
 __all__ = [
@@ -47,8 +47,6 @@ __all__ = [
     "ProcessingConfig",
     "load_config",
 ]
-
-_DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
 
 class _Strict(BaseModel):
@@ -232,12 +230,7 @@ class ProcessingConfig(_Strict):
     folds: tuple[int, ...] | None = None
     tile_step_size: float | None = Field(default=None, gt=0.0, le=1.0)
 
-    @field_validator("device")
-    @classmethod
-    def _check_device(cls, value: str) -> str:
-        if not _DEVICE.match(value):
-            raise ValueError(f"must be auto, cpu, cuda or cuda:N, got {value!r}")
-        return value
+    _check_device = field_validator("device")(check_device)
 
 
 class NodeConfig(_Strict):

@@ -10,9 +10,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from segnode_errors import ConfigError
 
-__all__ = ["RunSettings", "default_models_dir", "format_validation_error"]
+__all__ = ["RunSettings", "check_device", "default_models_dir", "format_validation_error"]
 
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+
+
+def check_device(value: str) -> str:
+    """Return ``value`` if it names a device (auto, cpu, cuda, cuda:N), else raise ValueError."""
+    if not _DEVICE_PATTERN.match(value):
+        raise ValueError(f"must be auto, cpu, cuda or cuda:N, got {value!r}")
+    return value
 
 
 def default_models_dir() -> Path:
@@ -53,12 +60,7 @@ class RunSettings(BaseModel):
     folds: tuple[int, ...] | None = None
     tile_step_size: float | None = Field(default=None, gt=0.0, le=1.0)
 
-    @field_validator("device")
-    @classmethod
-    def _check_device(cls, value: str) -> str:
-        if not _DEVICE_PATTERN.match(value):
-            raise ValueError(f"must be auto, cpu, cuda or cuda:N, got {value!r}")
-        return value
+    _check_device = field_validator("device")(check_device)
 
     @classmethod
     def build(cls, **values: object) -> RunSettings:

@@ -484,7 +484,54 @@ def orthanc_available() -> str | None:
     return netns_available()
 
 
-class Orthanc:
+class _ServerProcess:
+    """A server process in a namespace: PID, stop by PID, log tail, context manager.
+
+    Subclasses set ``netns``, ``_own_netns``, ``log_path`` and ``_proc`` and
+    define ``start()``, which returns ``self``.
+    """
+
+    netns: NetNamespace
+    log_path: Path
+    _own_netns: bool
+    _proc: subprocess.Popen | None
+
+    def start(self) -> Any:
+        raise NotImplementedError
+
+    @property
+    def pid(self) -> int | None:
+        """PID of the running server, else ``None``."""
+        return self._proc.pid if self.running else None  # type: ignore[union-attr]
+
+    @property
+    def running(self) -> bool:
+        """Whether the server process is alive."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Stop the server by PID (SIGTERM, wait, SIGKILL); its files are kept."""
+        proc, self._proc = self._proc, None
+        stop_process(proc, timeout)
+
+    def close(self) -> None:
+        """Stop the server and close the namespace if this object created it."""
+        self.stop()
+        if self._own_netns:
+            self.netns.close()
+
+    def __enter__(self) -> Any:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def log_tail(self, lines: int = 40) -> str:
+        """Return the last ``lines`` lines of the server's log."""
+        return _tail(self.log_path, lines)
+
+
+class Orthanc(_ServerProcess):
     """An Orthanc server in a private network namespace, as a stand-in PACS.
 
     The configuration is written to ``folder/orthanc.json``, storage and index
@@ -572,16 +619,6 @@ class Orthanc:
         """Base URL of the REST API, valid inside the namespace."""
         return f"http://{self.host}:{self.http_port}"
 
-    @property
-    def pid(self) -> int | None:
-        """PID of the running Orthanc, else ``None``."""
-        return self._proc.pid if self.running else None  # type: ignore[union-attr]
-
-    @property
-    def running(self) -> bool:
-        """Whether the Orthanc process is alive."""
-        return self._proc is not None and self._proc.poll() is None
-
     def start(self) -> Orthanc:
         """Start Orthanc (again) and wait until its REST API and DICOM port answer.
 
@@ -625,27 +662,6 @@ class Orthanc:
                 f"Orthanc did not start: {exc}\n--- {self.log_path} ---\n{self.log_tail()}"
             ) from exc
         return self
-
-    def stop(self, timeout: float = 15.0) -> None:
-        """Stop Orthanc by PID (SIGTERM, wait, SIGKILL); storage is kept."""
-        proc, self._proc = self._proc, None
-        stop_process(proc, timeout)
-
-    def close(self) -> None:
-        """Stop Orthanc and close the namespace if this object created it."""
-        self.stop()
-        if self._own_netns:
-            self.netns.close()
-
-    def __enter__(self) -> Orthanc:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def log_tail(self, lines: int = 40) -> str:
-        """Return the last ``lines`` lines of Orthanc's log."""
-        return _tail(self.log_path, lines)
 
     def rest_get(self, path: str, *, timeout: float = 30.0) -> Any:
         """GET a REST path (``/system``) and decode the JSON answer."""
@@ -844,7 +860,7 @@ def echoscu(
     return _run_dcmtk(argv, netns, timeout)
 
 
-class StoreSCP:
+class StoreSCP(_ServerProcess):
     """DCMTK ``storescp`` writing received objects to a folder, for comparisons.
 
     ``storescp`` 3.6.7 has no option to bind one address (it listens on all
@@ -895,16 +911,6 @@ class StoreSCP:
         self.log_path = log_path or self.folder.parent / f"storescp-{self.port}.log"
         self._proc: subprocess.Popen | None = None
 
-    @property
-    def pid(self) -> int | None:
-        """PID of the running storescp, else ``None``."""
-        return self._proc.pid if self.running else None  # type: ignore[union-attr]
-
-    @property
-    def running(self) -> bool:
-        """Whether the storescp process is alive."""
-        return self._proc is not None and self._proc.poll() is None
-
     def start(self, timeout: float = 15.0) -> StoreSCP:
         """Start storescp and wait until its port listens.
 
@@ -933,27 +939,6 @@ class StoreSCP:
                 f"storescp did not start: {exc}\n--- {self.log_path} ---\n{self.log_tail()}"
             ) from exc
         return self
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop storescp by PID (SIGTERM, wait, SIGKILL)."""
-        proc, self._proc = self._proc, None
-        stop_process(proc, timeout)
-
-    def close(self) -> None:
-        """Stop storescp and close the namespace if this object created it."""
-        self.stop()
-        if self._own_netns:
-            self.netns.close()
-
-    def __enter__(self) -> StoreSCP:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def log_tail(self, lines: int = 40) -> str:
-        """Return the last ``lines`` lines of storescp's output."""
-        return _tail(self.log_path, lines)
 
     def received_files(self) -> list[Path]:
         """Files written so far (the last may be partial while an association runs)."""
