@@ -344,12 +344,16 @@ class Catalogue:
             row = db.execute(sa.select(series).where(series.c.series_uid == series_uid)).first()
             return dict(row._mapping) if row is not None else None
 
+    def count_by_state(self, table: sa.Table, states: tuple[str, ...] = ()) -> dict[str, int]:
+        """Rows of ``table`` per ``state``; every one of ``states`` is present, zero or not."""
+        with self.engine.connect() as db:
+            rows = dict(db.execute(sa.select(table.c.state, sa.func.count())
+                                   .group_by(table.c.state)).all())
+        return {**{state: 0 for state in states}, **{k: int(v) for k, v in rows.items()}}
+
     def series_counts(self) -> dict[str, int]:
         """Number of series per state."""
-        with self.engine.connect() as db:
-            rows = db.execute(sa.select(series.c.state, sa.func.count())
-                              .group_by(series.c.state))
-            return {state: int(n) for state, n in rows}
+        return self.count_by_state(series)
 
     # Quarantine ---------------------------------------------------------------------------
 

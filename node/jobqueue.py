@@ -151,7 +151,4 @@ class SqlJobQueue:
 
     def counts(self) -> dict[str, int]:
         """Number of jobs per state (every state present, zero included)."""
-        with self.catalogue.engine.connect() as db:
-            rows = dict(db.execute(sa.select(jobs.c.state, sa.func.count())
-                                   .group_by(jobs.c.state)).all())
-        return {state: int(rows.get(state, 0)) for state in JOB_STATES}
+        return self.catalogue.count_by_state(jobs, JOB_STATES)

@@ -129,11 +129,8 @@ class Outbox:
             return [_delivery(row) for row in rows]
 
     def counts(self) -> dict[str, int]:
-        """Number of deliveries per state (every state present)."""
-        with self.catalogue.engine.connect() as db:
-            rows = dict(db.execute(sa.select(outbox.c.state, sa.func.count())
-                                   .group_by(outbox.c.state)).all())
-        return {state: int(rows.get(state, 0)) for state in OUTBOX_STATES}
+        """Number of deliveries per state (every state present, zero included)."""
+        return self.catalogue.count_by_state(outbox, OUTBOX_STATES)
 
     def _update(self, delivery_id: int, **values: Any) -> None:
         with self.catalogue.begin() as db:

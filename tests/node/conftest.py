@@ -118,3 +118,11 @@ def copy_case(tmp_path: Path, e2e_run: E2ERun):
         return target
 
     return _copy
+
+
+@pytest.fixture()
+def clock():
+    """A clock that only moves when the test moves it."""
+    from tests.node.fakes import FakeClock
+
+    return FakeClock()

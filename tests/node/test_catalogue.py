@@ -22,11 +22,6 @@ MR_ATTRS = {"modality": "MR", "description": "t1_vibe", "body_part": "ABDOMEN",
 
 
 @pytest.fixture()
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture()
 def catalogue(tmp_path: Path, clock: FakeClock) -> Iterator[Catalogue]:
     cat = new_catalogue(tmp_path, clock)
     yield cat

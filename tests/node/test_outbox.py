@@ -17,11 +17,6 @@ SR = Path("/out/job-1/1.2.3/sr.dcm")
 
 
 @pytest.fixture()
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture()
 def box(tmp_path: Path, clock: FakeClock) -> Iterator[Outbox]:
     catalogue = new_catalogue(tmp_path, clock)
     yield Outbox(catalogue, RETRY)

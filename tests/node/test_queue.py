@@ -13,11 +13,6 @@ from tests.node.fakes import FakeClock, new_catalogue
 
 
 @pytest.fixture()
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture()
 def queue(tmp_path: Path, clock: FakeClock) -> Iterator[SqlJobQueue]:
     catalogue = new_catalogue(tmp_path, clock)
     yield SqlJobQueue(catalogue)
