@@ -55,17 +55,25 @@ class Outbox:
         self.policy = retry
 
     def add(self, job_id: int, destination: str, path: Path, sop_instance_uid: str) -> None:
-        """Queue ``path`` for ``destination`` (once per job, destination and file)."""
+        """Queue ``path`` for ``destination``: one row per job, destination and file.
+
+        A row that exists already (the job ran again: after a crash, a late
+        instance or ``segnode jobs retry``) becomes pending again, so the
+        run's outputs are sent; the PACS replaces them (same UIDs).
+        """
         now = self.catalogue.clock()
+        fresh = {"state": "pending", "attempts": 0, "last_error": "", "created_at": now,
+                 "next_attempt_at": now, "delivered_at": None,
+                 "sop_instance_uid": sop_instance_uid}
         with self.catalogue.begin() as db:
             exists = db.execute(sa.select(outbox.c.id).where(
                 outbox.c.job_id == job_id, outbox.c.destination == destination,
                 outbox.c.path == str(path))).first()
             if exists is None:
-                db.execute(outbox.insert().values(
-                    job_id=job_id, destination=destination, path=str(path),
-                    sop_instance_uid=sop_instance_uid, state="pending", attempts=0,
-                    last_error="", created_at=now, next_attempt_at=now))
+                db.execute(outbox.insert().values(job_id=job_id, destination=destination,
+                                                  path=str(path), **fresh))
+            else:
+                db.execute(outbox.update().where(outbox.c.id == exists.id).values(**fresh))
 
     def due(self, limit: int = 100) -> list[Delivery]:
         """Pending deliveries whose next attempt is due, oldest first."""

@@ -19,14 +19,19 @@ from node.config import NodeConfig
 from node.dispatcher import Dispatcher
 from node.outbox import Outbox
 from tests.node.fakes import FakeClock
-from tests.peers import free_local_port, write_phantom_series
+from tests.peers import (
+    free_local_port,
+    make_tls_material,
+    server_ssl_context,
+    write_phantom_series,
+)
 
 
 class StorageSCP:
     """A pynetdicom Storage SCP answering every C-STORE with ``status``."""
 
     def __init__(self, status: int = 0x0000, *, ae_title: str = "PACS",
-                 accept_mr: bool = True) -> None:
+                 accept_mr: bool = True, ssl_context: Any = None) -> None:
         self.status = status
         self.received: list[str] = []
         self.port = free_local_port()
@@ -36,7 +41,8 @@ class StorageSCP:
         if accept_mr:
             ae.add_supported_context(MRImageStorage)
         self.server = ae.start_server(("127.0.0.1", self.port), block=False,
-                                      evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
+                                      evt_handlers=[(evt.EVT_C_STORE, self._on_store)],
+                                      ssl_context=ssl_context)
 
     def _on_store(self, event: Any) -> int:
         self.received.append(str(event.request.AffectedSOPInstanceUID))
@@ -60,12 +66,12 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
                                      uid_seed="dispatch").paths[:3])
 
 
-def _setup(tmp_path: Path, port: int, *, ae_title: str = "PACS") -> tuple[Dispatcher, Outbox,
-                                                                          FakeClock]:
+def _setup(tmp_path: Path, port: int, *, ae_title: str = "PACS", tls: Any = None
+           ) -> tuple[Dispatcher, Outbox, FakeClock]:
     clock = FakeClock(1000.0)
     config = NodeConfig(
         destinations=[{"name": "pacs", "ae_title": ae_title, "host": "127.0.0.1",
-                       "port": port}],
+                       "port": port, "tls": tls}],
         timing={"retry": {"initial_delay_s": 10, "backoff_factor": 2, "max_delay_s": 30,
                           "max_age_s": 100}},
         node={"acse_timeout_s": 5, "dimse_timeout_s": 5, "network_timeout_s": 5},
@@ -152,3 +158,24 @@ def test_refusal_status_fails_at_once(tmp_path, scps, files) -> None:
     dispatcher.run_once()
     row = outbox.list()[0]
     assert row.state == "failed" and "0xA900" in row.last_error
+
+
+def test_tls_destination_with_client_certificate(tmp_path, scps, files) -> None:
+    material = make_tls_material(tmp_path / "tls")
+    scps.append(StorageSCP(ssl_context=server_ssl_context(material)))
+    tls = {"ca_certificates": material.ca_cert, "certificate": material.client_cert,
+           "private_key": material.client_key, "server_hostname": "localhost"}
+    dispatcher, outbox, _ = _setup(tmp_path, scps[0].port, tls=tls)
+    _queue(outbox, files[:2])
+    assert dispatcher.run_once() == 2
+    assert len(scps[0].received) == 2
+
+
+def test_tls_destination_refuses_an_untrusted_server(tmp_path, scps, files) -> None:
+    material = make_tls_material(tmp_path / "tls")
+    scps.append(StorageSCP(ssl_context=server_ssl_context(material, require_client_cert=False)))
+    # The system CAs do not know the test CA: the handshake fails, nothing is sent.
+    dispatcher, outbox, _ = _setup(tmp_path, scps[0].port, tls=True)
+    _queue(outbox, files[:1])
+    assert dispatcher.run_once() == 0
+    assert scps[0].received == [] and outbox.list()[0].state == "pending"

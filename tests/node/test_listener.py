@@ -20,7 +20,7 @@ from typing import Any
 import pydicom
 import pynetdicom
 import pytest
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless, generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage, Verification
 
@@ -130,6 +130,26 @@ def test_echo_and_store_are_durable_and_catalogued(start_listener, series) -> No
         assert paths[0].parent == node.spool.root / ds.StudyInstanceUID / ds.SeriesInstanceUID
     row = node.catalogue.get_series(uid)
     assert row is not None and row["state"] == "receiving" and row["modality"] == "MR"
+
+
+def test_compressed_transfer_syntax_is_accepted_and_kept_as_received(start_listener,
+                                                                       series) -> None:
+    node = start_listener()
+    compressed = copy.deepcopy(series[0])
+    compressed.compress(RLELossless)
+    ae = AE(ae_title=CALLER)
+    for syntax in (RLELossless, JPEG2000Lossless):  # one context each: both must be accepted
+        ae.add_requested_context(MRImageStorage, syntax)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="SEGNODE")
+    assert assoc.is_established
+    assert {cx.transfer_syntax[0] for cx in assoc.accepted_contexts} == {RLELossless,
+                                                                        JPEG2000Lossless}
+    assert assoc.send_c_store(compressed).Status == 0x0000
+    assoc.release()
+    (path,) = node.catalogue.series_paths(series[0].SeriesInstanceUID)
+    stored = pydicom.dcmread(path)
+    assert stored.file_meta.TransferSyntaxUID == RLELossless
+    assert (stored.pixel_array == series[0].pixel_array).all()
 
 
 def test_unknown_calling_ae_is_rejected(start_listener) -> None:

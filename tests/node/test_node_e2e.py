@@ -9,6 +9,7 @@ catalogue. The demo model segments the phantom series on the CPU.
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import subprocess
@@ -385,3 +386,39 @@ def _evidence(sr: pydicom.Dataset) -> set[str]:
             for study in sr.CurrentRequestedProcedureEvidenceSequence
             for series in study.ReferencedSeriesSequence
             for item in series.ReferencedSOPSequence}
+
+
+def test_jobs_and_outbox_commands(setup: Setup) -> None:
+    series = write_phantom(setup.root / "data", "commands")
+    result = storescu(series.folder, "127.0.0.1", setup.node.port, called_aet="SEGNODE",
+                      netns=setup.ns)
+    assert result.returncode == 0, result.stderr
+    wait_for("SEG and SR", _one_seg_and_sr(setup, series), setup.node)
+    (job,) = [j for j in setup.node.queue.list() if j.series_uid == series.series_uid]
+    shown = setup.node.cli("jobs", "show", str(job.id))
+    assert shown.returncode == 0, shown.stderr
+    document = json.loads(shown.stdout)
+    assert document["state"] == "done" and document["series_uid"] == series.series_uid
+    assert sorted(d["file"] for d in document["deliveries"]) == ["seg.dcm", "sr.dcm"]
+    assert {d["state"] for d in document["deliveries"]} == {"done"}
+    listing = setup.node.cli("outbox", "list", "--state", "done")
+    assert listing.returncode == 0 and f"job {job.id} " in listing.stdout
+    neither = setup.node.cli("outbox", "retry")
+    assert neither.returncode == 2 and "either a delivery ID or --all" in neither.stderr
+    nothing = setup.node.cli("outbox", "retry", "--all")
+    assert nothing.returncode == 0 and "0 failed deliveries queued again" in nothing.stdout
+    first_delivery = max(d.delivered_at or 0 for d in setup.node.outbox.for_job(job.id))
+    retried = setup.node.cli("jobs", "retry", str(job.id))
+    assert retried.returncode == 0 and f"job {job.id} queued again" in retried.stdout
+
+    def run_again() -> bool:
+        again = setup.node.queue.get(job.id)
+        rows = setup.node.outbox.for_job(job.id)
+        return (again is not None and again.state == "done" and again.attempts == 2
+                and all(r.state == "done" and (r.delivered_at or 0) > first_delivery
+                        for r in rows))
+    wait_for("the retried job, delivered again", run_again, setup.node)
+    found = _outputs_for(setup.orthanc, series.series_uid)
+    assert len(found["SEG"]) == 1 and len(found["SR"]) == 1
+    unknown = setup.node.cli("jobs", "show", "99999")
+    assert unknown.returncode == 2 and "No job with id 99999" in unknown.stderr

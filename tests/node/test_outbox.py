@@ -40,6 +40,19 @@ def test_add_is_idempotent_per_job_destination_and_file(box: Outbox) -> None:
     assert box.counts() == {"pending": 4, "done": 0, "failed": 0}
 
 
+def test_adding_again_after_a_rerun_makes_a_delivered_row_pending(box: Outbox,
+                                                                  clock: FakeClock) -> None:
+    box.add(1, "pacs", SEG, "2.25.1")
+    [row] = box.due()
+    box.delivered(row.id)
+    clock.advance(60)
+    box.add(1, "pacs", SEG, "2.25.1")  # the job ran again
+    [again] = box.list()
+    assert again.id == row.id
+    assert (again.state, again.attempts, again.created_at, again.delivered_at) == (
+        "pending", 0, clock.now, None)
+
+
 def test_new_delivery_is_due_at_once_and_done_when_delivered(box: Outbox,
                                                              clock: FakeClock) -> None:
     box.add(1, "pacs", SEG, "2.25.1")
