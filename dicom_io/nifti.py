@@ -19,7 +19,7 @@ import numpy as np
 
 from segnode_errors import ExportError, InputRejected
 
-__all__ = ["read_nifti", "write_label_nifti", "ras_to_lps_volume_affine"]
+__all__ = ["read_nifti", "write_label_nifti", "write_image_nifti", "ras_to_lps_volume_affine"]
 
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
@@ -109,8 +109,28 @@ def write_label_nifti(labels: hd.Volume, path: Path) -> Path:
             f"labels must be whole numbers in 0..65535, got range {array.min()}..{array.max()}"
         )
     out_dtype = np.uint8 if array.size == 0 or array.max() < 256 else np.uint16
-    data = np.ascontiguousarray(array.transpose(2, 1, 0)).astype(out_dtype)
-    affine = ras_to_lps_volume_affine(labels.affine)
+    return _save(array.astype(out_dtype), labels.affine, path)
+
+
+def write_image_nifti(image: hd.Volume, path: Path) -> Path:
+    """Write an image Volume (e.g. a stitched station image) as float32 NIfTI-1.
+
+    Raises
+    ------
+    ExportError
+        A volume that is not 3D, or a write failure.
+    """
+    array = np.asarray(image.array)
+    if array.ndim != 3:
+        raise ExportError(f"image must be a 3D volume, got shape {array.shape}")
+    return _save(array.astype(np.float32), image.affine, Path(path))
+
+
+def _save(array: np.ndarray, volume_affine: np.ndarray, path: Path) -> Path:
+    """Save a (k, j, i) array with its LPS affine as NIfTI (RAS, i j k order)."""
+    out_dtype = array.dtype
+    data = np.ascontiguousarray(array.transpose(2, 1, 0))
+    affine = ras_to_lps_volume_affine(volume_affine)
     image = nib.Nifti1Image(data, affine)
     image.set_qform(affine, code=1)
     image.set_sform(affine, code=1)
@@ -119,7 +139,7 @@ def write_label_nifti(labels: hd.Volume, path: Path) -> Path:
     try:
         nib.save(image, path)
     except OSError as exc:
-        raise ExportError(f"cannot write label NIfTI {path}: {exc}") from exc
+        raise ExportError(f"cannot write NIfTI {path}: {exc}") from exc
     return path
 
 

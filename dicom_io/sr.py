@@ -1,4 +1,4 @@
-"""TID 1500 volumetry report (Comprehensive 3D SR) referencing a segnode SEG.
+"""TID 1500 volumetry report (Comprehensive 3D SR) referencing segnode SEGs.
 
 One volumetric measurement group (TID 1411) per structure measured:
 
@@ -27,7 +27,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from dicom_io import _equipment
-from dicom_io.content import AlgorithmInfo, SegmentInfo, VolumeMeasurement
+from dicom_io.content import AlgorithmInfo, CodeTuple, SegmentInfo, VolumeMeasurement
 from dicom_io.seg import segment_tracking_uid
 from dicom_io.uids import derived_uid
 from segnode_errors import ExportError
@@ -36,6 +36,7 @@ __all__ = [
     "INCOMPLETE_EVALUATION_NAME",
     "INCOMPLETE_EVALUATION_VALUE",
     "MEAN_HU_NAME",
+    "STATION_GAP",
     "build_volumetry_sr",
 ]
 
@@ -45,6 +46,9 @@ logger.addHandler(logging.NullHandler())
 INCOMPLETE_EVALUATION_NAME = hd.sr.CodedConcept("111052", "DCM", "Quality Finding")
 INCOMPLETE_EVALUATION_VALUE = hd.sr.CodedConcept("130576", "DCM", "Anatomy coverage incomplete")
 MEAN_HU_NAME = hd.sr.CodedConcept("112031", "DCM", "Attenuation Coefficient")
+#: "Quality Finding" value for stitched stations that leave a gap. No standard
+#: code exists; a private coding scheme (``99`` prefix, PS3.16 8.2) carries it.
+STATION_GAP: CodeTuple = ("STATIONGAP", "99SEGNODE", "Gap between stations")
 _SUM_OF_VOXEL_VOLUMES = hd.sr.CodedConcept("126030", "DCM", "Sum of segmented voxel volumes")
 _LATERALITY = {
     "left": hd.sr.CodedConcept("7771000", "SCT", "Left"),
@@ -129,28 +133,50 @@ def _group(
 
 
 def _groups(
-    seg: Dataset,
+    segs: Sequence[Dataset],
     segments: Sequence[SegmentInfo],
     measurements: Sequence[VolumeMeasurement],
     algorithm: AlgorithmInfo,
     modality: str,
 ) -> list[hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations]:
-    """Validate the inputs against the SEG and build the groups in label order."""
+    """Validate the inputs against the SEGs and build the groups in label order.
+
+    Each structure references the first SEG (in the order given) that holds
+    a segment for it.
+    """
     by_label = {s.number: s for s in segments}
-    numbers = _segment_numbers_by_tracking_uid(seg)
-    source_series = seg.ReferencedSeriesSequence[0].SeriesInstanceUID
+    numbers = [_segment_numbers_by_tracking_uid(seg) for seg in segs]
     groups = []
     for m in sorted(measurements, key=lambda x: x.segment_number):
         info = by_label.get(m.segment_number)
         if info is None:
             raise ExportError(f"Measurement for label {m.segment_number} has no SegmentInfo.")
-        uid = segment_tracking_uid(source_series, algorithm, info.number)
-        if uid not in numbers:
-            raise ExportError(
-                f"Label {info.number} ({info.label}) has no segment in SEG {seg.SOPInstanceUID}."
-            )
-        groups.append(_group(m, info, seg, numbers[uid], algorithm, modality))
+        for seg, by_uid in zip(segs, numbers, strict=True):
+            source_series = seg.ReferencedSeriesSequence[0].SeriesInstanceUID
+            uid = segment_tracking_uid(source_series, algorithm, info.number)
+            if uid in by_uid:
+                groups.append(_group(m, info, seg, by_uid[uid], algorithm, modality))
+                break
+        else:
+            where = ", ".join(str(seg.SOPInstanceUID) for seg in segs)
+            raise ExportError(f"Label {info.number} ({info.label}) has no segment in SEG {where}.")
     return groups
+
+
+def _finding_groups(findings: Sequence[CodeTuple], algorithm: AlgorithmInfo, uid_seed: str
+                    ) -> list[hd.sr.MeasurementsAndQualitativeEvaluations]:
+    """One TID 1501 group holding the findings about the whole report (e.g. a gap)."""
+    if not findings:
+        return []
+    evaluations = [hd.sr.QualitativeEvaluation(INCOMPLETE_EVALUATION_NAME, _code(finding))
+                   for finding in findings]
+    return [hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=derived_uid("sr-findings", uid_seed, algorithm.name, algorithm.version),
+            identifier="acquisition quality",
+        ),
+        qualitative_evaluations=evaluations,
+    )]
 
 
 def _observation_context(algorithm: AlgorithmInfo) -> hd.sr.ObservationContext:
@@ -169,7 +195,7 @@ def _observation_context(algorithm: AlgorithmInfo) -> hd.sr.ObservationContext:
 
 
 def build_volumetry_sr(
-    seg: Dataset,
+    seg: Dataset | Sequence[Dataset],
     source_images: Sequence[Dataset],
     segments: Sequence[SegmentInfo],
     measurements: Sequence[VolumeMeasurement],
@@ -177,16 +203,21 @@ def build_volumetry_sr(
     *,
     series_number: int = 9002,
     series_description: str | None = None,
+    findings: Sequence[CodeTuple] = (),
+    uid_seed: str | None = None,
 ) -> hd.sr.Comprehensive3DSR:
-    """Build the TID 1500 volumetry report for one SEG.
+    """Build the TID 1500 volumetry report for one SEG, or for the SEGs of several stations.
 
     Parameters
     ----------
-    seg : pydicom.Dataset
-        The SEG written by :func:`dicom_io.seg.build_seg` for these sources
-        (its segments carry the TrackingUIDs the groups are matched by).
+    seg : pydicom.Dataset or sequence of pydicom.Dataset
+        The SEG(s) written by :func:`dicom_io.seg.build_seg` for these sources
+        (their segments carry the TrackingUIDs the groups are matched by).
+        With several (one per station series), each structure references
+        the first SEG that holds it; all are in the evidence.
     source_images : sequence of pydicom.Dataset
-        The source headers; the evidence, study and patient come from them.
+        The source headers of every SEG; the evidence, study and patient come
+        from them.
     segments : sequence of SegmentInfo
         Structure descriptions keyed by label value.
     measurements : sequence of VolumeMeasurement
@@ -197,29 +228,38 @@ def build_volumetry_sr(
         SeriesNumber of the SR.
     series_description : str, optional
         Default ``"<model name> volumetry"``.
+    findings : sequence of CodeTuple
+        Values of "Quality Finding" (DCM 111052) about the whole report, e.g.
+        :data:`STATION_GAP`; written in one TID 1501 group.
+    uid_seed : str, optional
+        What the SR's UIDs derive from besides the model; default the
+        source series UID and the SEG's SOP Instance UID.
 
     Returns
     -------
     highdicom.sr.Comprehensive3DSR
-        Series and SOP Instance UIDs derive from the source series, the
-        model and the SEG SOP Instance UID.
+        Series and SOP Instance UIDs derive from ``uid_seed`` (or the source
+        series and SEG) and the model.
 
     Raises
     ------
     ExportError
-        If a measurement has no description or no segment in the SEG, or
+        If a measurement has no description or no segment in any SEG, or
         there is nothing to report.
     """
     if not measurements:
         raise ExportError("Argument 'measurements' must not be empty.")
+    segs = [seg] if isinstance(seg, Dataset) else list(seg)
     modality = str(source_images[0].Modality)
+    seed = uid_seed or f"{source_images[0].SeriesInstanceUID}/{segs[0].SOPInstanceUID}"
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(algorithm),
         procedure_reported=_PROCEDURES.get(modality, codes.SCT.ImagingProcedure),
-        imaging_measurements=_groups(seg, segments, measurements, algorithm, modality),
+        imaging_measurements=[*_groups(segs, segments, measurements, algorithm, modality),
+                              *_finding_groups(findings, algorithm, seed)],
     )
     sr = _build_sr(
-        source_images, seg, report, algorithm,
+        source_images, segs, report, algorithm, uid_seed=uid_seed,
         series_number=series_number,
         series_description=series_description or f"{algorithm.name} volumetry",
     )
@@ -230,19 +270,21 @@ def build_volumetry_sr(
 
 def _build_sr(
     source_images: Sequence[Dataset],
-    seg: Dataset,
+    segs: Sequence[Dataset],
     report: hd.sr.MeasurementReport,
     algorithm: AlgorithmInfo,
     *,
+    uid_seed: str | None,
     series_number: int,
     series_description: str,
 ) -> hd.sr.Comprehensive3DSR:
     """Wrap the report in a Comprehensive 3D SR with derived UIDs and segnode's equipment."""
-    series_uid = source_images[0].SeriesInstanceUID
-    parts = (series_uid, algorithm.name, algorithm.version, str(seg.SOPInstanceUID))
+    first = uid_seed or str(source_images[0].SeriesInstanceUID)
+    last = uid_seed or str(segs[0].SOPInstanceUID)
+    parts = (first, algorithm.name, algorithm.version, last)
     with _equipment.no_phi_warnings():
         sr = hd.sr.Comprehensive3DSR(
-            evidence=[*source_images, seg],
+            evidence=[*source_images, *segs],
             content=report[0],
             series_instance_uid=derived_uid("sr-series", *parts[:3]),
             series_number=series_number,

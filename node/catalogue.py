@@ -9,7 +9,8 @@ Tables
 ------
 ``instances``   one row per SOP Instance UID in the spool (path, size, SHA-256)
 ``series``      one row per series: its attributes for the rules, when the last
-                instance arrived, and its state (``receiving`` → ``complete``)
+                instance arrived, and its state (``receiving`` → [``waiting`` for
+                its study →] ``complete``)
 ``jobs``        the durable queue (see :mod:`node.jobqueue`)
 ``outbox``      one row per output file and destination (see :mod:`node.outbox`)
 ``quarantine``  files that could not be stored as instances, with the reason
@@ -65,6 +66,7 @@ series = sa.Table(
     sa.Column("last_received_at", sa.Float, nullable=False, index=True),
     sa.Column("state", sa.String(16), nullable=False, index=True),
     sa.Column("decision", sa.Text, nullable=False, default=""),
+    sa.Column("rule", sa.String(64), nullable=False, default=""),
     sa.Column("job_id", sa.Integer, nullable=True),
     sa.Column("purged_at", sa.Float, nullable=True),
 )
@@ -73,6 +75,8 @@ jobs = sa.Table(
     "jobs", metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("series_uid", sa.String(64), nullable=False, index=True),
+    sa.Column("study_uid", sa.String(64), nullable=False, default=""),
+    sa.Column("series_uids", sa.Text, nullable=False, default="[]"),
     sa.Column("rule", sa.String(64), nullable=False),
     sa.Column("model", sa.Text, nullable=True),
     sa.Column("seg_type", sa.String(16), nullable=False),
@@ -118,8 +122,10 @@ node_state = sa.Table(
     sa.Column("value", sa.Text, nullable=False),
 )
 
-#: Series states: still receiving, or complete (a decision was taken).
+#: Series states: still receiving; waiting for the rest of its study (a rule
+#: with whole_study took it); complete (a decision was taken, a job queued).
 RECEIVING = "receiving"
+WAITING = "waiting"
 COMPLETE = "complete"
 
 
@@ -281,7 +287,7 @@ class Catalogue:
             return False
         reopen = row.state == COMPLETE and reopen_complete
         update: dict[str, Any] = {"last_received_at": now, "purged_at": None}
-        if reopen:
+        if reopen or row.state == WAITING:
             update.update(state=RECEIVING, decision="")
         db.execute(series.update().where(series.c.series_uid == record.series_uid)
                    .values(**update))
@@ -303,23 +309,50 @@ class Catalogue:
             return [_series_row(row) for row in db.execute(query)]
 
     def complete_series(self, db: Connection, series_uid: str, decision: str, *,
-                        received_before: float) -> bool:
-        """Mark a quiet series complete with its decision, in the transaction ``db``.
+                        received_before: float, rule: str = "", waiting: bool = False) -> bool:
+        """Mark a quiet series complete (or waiting for its study) with its decision.
 
-        Returns False (and changes nothing) when an instance arrived since the
-        series was found quiet: it stays receiving.
+        Runs in the transaction ``db``. Returns False (and changes nothing)
+        when an instance arrived since the series was found quiet: it stays
+        receiving.
         """
         result = db.execute(
             series.update()
             .where(series.c.series_uid == series_uid, series.c.state == RECEIVING,
                    series.c.last_received_at < received_before)
-            .values(state=COMPLETE, decision=decision)
+            .values(state=WAITING if waiting else COMPLETE, decision=decision, rule=rule)
         )
         return result.rowcount == 1
 
-    def set_series_job(self, db: Connection, series_uid: str, job_id: int) -> None:
-        """Record the job that processes a completed series."""
-        db.execute(series.update().where(series.c.series_uid == series_uid)
+    def quiet_studies(self, received_before: float) -> list[tuple[str, str]]:
+        """(study, rule) pairs with series waiting, nothing receiving, study quiet."""
+        busy = (sa.select(series.c.study_uid)
+                .where(sa.or_(series.c.state == RECEIVING,
+                              series.c.last_received_at >= received_before)))
+        query = (sa.select(series.c.study_uid, series.c.rule).distinct()
+                 .where(series.c.state == WAITING, series.c.study_uid.not_in(busy))
+                 .order_by(series.c.study_uid, series.c.rule))
+        with self.engine.connect() as db:
+            return [(row.study_uid, row.rule) for row in db.execute(query)]
+
+    def take_study(self, db: Connection, study_uid: str, rule: str) -> list[str]:
+        """Series of a study that ``rule`` took, waiting or done before, in UID order.
+
+        Returns [] when none is waiting any more (another round took them).
+        """
+        rows = db.execute(sa.select(series.c.series_uid, series.c.state).where(
+            series.c.study_uid == study_uid, series.c.rule == rule,
+            series.c.state.in_((WAITING, COMPLETE))).order_by(series.c.series_uid)).all()
+        if not any(row.state == WAITING for row in rows):
+            return []
+        db.execute(series.update().where(series.c.study_uid == study_uid,
+                                         series.c.rule == rule, series.c.state == WAITING)
+                   .values(state=COMPLETE))
+        return [row.series_uid for row in rows]
+
+    def set_series_job(self, db: Connection, series_uids: list[str], job_id: int) -> None:
+        """Record the job that processes completed series."""
+        db.execute(series.update().where(series.c.series_uid.in_(series_uids))
                    .values(job_id=job_id))
 
     def series_paths(self, series_uid: str) -> list[Path]:

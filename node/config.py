@@ -29,7 +29,12 @@ from pydantic import (
 )
 from pynetdicom._validators import validate_ae
 
-from node.settings import check_device, default_models_dir, format_validation_error
+from node.settings import (
+    StationSettings,
+    check_device,
+    default_models_dir,
+    format_validation_error,
+)
 from segnode_errors import ConfigError
 
 __all__ = [
@@ -187,6 +192,9 @@ class RuleConfig(_Strict):
     model: str | None = None
     seg_type: Literal["binary", "labelmap"] = "binary"
     destinations: tuple[str, ...] = ()
+    #: Wait for the whole study (timing.study_quiet_s) and process the series this
+    #: rule takes together, so that the stations of a whole-body scan are stitched.
+    whole_study: bool = True
 
 
 class RetryConfig(_Strict):
@@ -203,6 +211,8 @@ class TimingConfig(_Strict):
     """When a series counts as complete, and how sending is retried."""
 
     series_quiet_s: float = Field(default=30.0, gt=0)
+    #: A study is complete when nothing of it arrived for this long (rules with whole_study).
+    study_quiet_s: float = Field(default=120.0, gt=0)
     reprocess_late_instances: bool = True
     retry: RetryConfig = Field(default_factory=RetryConfig)
     #: How often the node's loops look for work.
@@ -243,6 +253,7 @@ class NodeConfig(_Strict):
     timing: TimingConfig = Field(default_factory=TimingConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     processing: ProcessingConfig = Field(default_factory=ProcessingConfig)
+    stations: StationSettings = Field(default_factory=StationSettings)
 
     @model_validator(mode="after")
     def _check_references(self) -> NodeConfig:

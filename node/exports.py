@@ -1,4 +1,4 @@
-"""Map the model's results onto dicom_io's writers: SEG and SR of one volume.
+"""Map the model's results onto dicom_io's writers: SEG and SR of a volume or of stations.
 
 ``model`` knows structures and measurements, ``dicom_io`` knows DICOM; this
 module is the only place that translates one into the other.
@@ -14,7 +14,8 @@ import highdicom as hd
 
 from dicom_io.content import AlgorithmInfo, SegmentInfo, VolumeMeasurement
 from dicom_io.seg import build_seg
-from dicom_io.sr import build_volumetry_sr
+from dicom_io.sr import STATION_GAP, build_volumetry_sr
+from dicom_io.stitch import Gap
 from dicom_io.volume import SeriesVolume
 from model.labels import LabelTable, Structure
 from model.packs import ModelPack
@@ -22,7 +23,14 @@ from model.qc import QCFlag
 from model.volumetry import StructureMeasurement
 from node.outputs import SeriesOutputs, atomic_write_bytes
 
-__all__ = ["segment_infos", "table_row", "flag_dict", "write_dicom_outputs"]
+__all__ = [
+    "segment_infos",
+    "table_row",
+    "flag_dict",
+    "gap_flag",
+    "write_dicom_outputs",
+    "write_station_outputs",
+]
 
 
 def _segment_info(structure: Structure) -> SegmentInfo:
@@ -63,6 +71,13 @@ def flag_dict(flag: QCFlag) -> dict[str, Any]:
     return {"label": flag.label, "code": flag.code, "message": flag.message}
 
 
+def gap_flag(gap: Gap, stations: int) -> dict[str, Any]:
+    """A gap between stitched stations as a QC flag of the JSON table."""
+    return {"label": None, "code": "station_gap",
+            "message": f"gap of {gap.size_mm:.1f} mm after station {gap.after + 1} of "
+                       f"{stations}: structures there are missing or cut"}
+
+
 def write_dicom_outputs(
     series: SeriesVolume,
     labels: hd.Volume,
@@ -84,7 +99,53 @@ def write_dicom_outputs(
     )
     segments = segment_infos(pack.labels)
     seg = build_seg(labels, series.source, segments, algorithm, seg_type=seg_type)
-    measurements = [
+    sr = build_volumetry_sr(seg, series.source, segments, _measurements(rows), algorithm)
+    atomic_write_bytes(outputs.seg, _encode(seg))
+    atomic_write_bytes(outputs.sr, _encode(sr))
+    return [outputs.seg, outputs.sr]
+
+
+def write_station_outputs(
+    stations: Sequence[SeriesVolume],
+    station_labels: Sequence[hd.Volume],
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    pack: ModelPack,
+    folder: Path,
+    seg_type: str,
+    gap: bool,
+    uid_seed: str,
+) -> list[Path]:
+    """One SEG per station series (``seg-<key>.dcm``) and one SR for them all (``sr.dcm``).
+
+    ``rows`` were measured once on the stitched grid. Stations whose labels
+    are empty get no SEG (a SEG needs a segment). Each structure in the SR
+    references the first station SEG holding it, in the order given.
+    """
+    if not rows:
+        return []
+    algorithm = AlgorithmInfo(
+        name=pack.name, version=pack.version, weights_sha256=pack.weights_sha256
+    )
+    segments = segment_infos(pack.labels)
+    written, segs, sources = [], [], []
+    for station, labels in zip(stations, station_labels, strict=True):
+        if not labels.array.any():
+            continue
+        seg = build_seg(labels, station.source, segments, algorithm, seg_type=seg_type)
+        path = folder / f"seg-{station.key}.dcm"
+        atomic_write_bytes(path, _encode(seg))
+        written.append(path)
+        segs.append(seg)
+        sources.extend(station.source)
+    sr = build_volumetry_sr(segs, sources, segments, _measurements(rows), algorithm,
+                            findings=[STATION_GAP] if gap else (), uid_seed=uid_seed)
+    atomic_write_bytes(folder / "sr.dcm", _encode(sr))
+    return [*written, folder / "sr.dcm"]
+
+
+def _measurements(rows: Sequence[Mapping[str, Any]]) -> list[VolumeMeasurement]:
+    return [
         VolumeMeasurement(
             segment_number=row["label"],
             volume_ml=row["volume_ml"],
@@ -93,10 +154,6 @@ def write_dicom_outputs(
         )
         for row in rows
     ]
-    sr = build_volumetry_sr(seg, series.source, segments, measurements, algorithm)
-    atomic_write_bytes(outputs.seg, _encode(seg))
-    atomic_write_bytes(outputs.sr, _encode(sr))
-    return [outputs.seg, outputs.sr]
 
 
 def _encode(dataset: Any) -> bytes:

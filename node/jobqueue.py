@@ -1,7 +1,10 @@
 """The durable job queue: a small interface and its embedded (database) implementation.
 
-A job carries ids and names only (series UID, rule, model, SEG type,
-destinations), never in-memory objects, so any worker can run it. States:
+A job carries ids and names only (the series it covers, rule, model, SEG
+type, destinations), never in-memory objects, so any worker can run it. A
+job covers one series, or all the series of a study one rule takes (the
+stations of a whole-body acquisition are stitched together); ``series_uid``
+is the first of them. States:
 ``queued`` → ``running`` → ``done`` or ``failed`` (with the reason). A job
 found ``running`` when the node starts was interrupted by a crash and is
 queued again. A Celery-backed queue can stand beside :class:`SqlJobQueue`
@@ -30,6 +33,8 @@ class Job:
 
     id: int
     series_uid: str
+    series_uids: tuple[str, ...]
+    study_uid: str
     rule: str
     model: str | None
     seg_type: str
@@ -48,7 +53,8 @@ class JobQueue(Protocol):
     """What the node needs of a queue."""
 
     def enqueue(self, series_uid: str, *, rule: str, model: str | None, seg_type: str,
-                destinations: tuple[str, ...], db: Connection | None = None) -> int: ...
+                destinations: tuple[str, ...], series_uids: tuple[str, ...] = (),
+                study_uid: str = "", db: Connection | None = None) -> int: ...
     def claim(self) -> Job | None: ...
     def complete(self, job_id: int, result: dict[str, Any], reason: str = "") -> None: ...
     def fail(self, job_id: int, reason: str, result: dict[str, Any] | None = None) -> None: ...
@@ -57,7 +63,9 @@ class JobQueue(Protocol):
 
 def _job(row: Any) -> Job:
     return Job(
-        id=row.id, series_uid=row.series_uid, rule=row.rule, model=row.model,
+        id=row.id, series_uid=row.series_uid,
+        series_uids=tuple(json.loads(row.series_uids or "[]")) or (row.series_uid,),
+        study_uid=row.study_uid or "", rule=row.rule, model=row.model,
         seg_type=row.seg_type, destinations=tuple(json.loads(row.destinations)),
         state=row.state, attempts=row.attempts, reason=row.reason or "",
         result=json.loads(row.result) if row.result else {}, output_dir=row.output_dir or "",
@@ -72,14 +80,20 @@ class SqlJobQueue:
         self.catalogue = catalogue
 
     def enqueue(self, series_uid: str, *, rule: str, model: str | None, seg_type: str,
-                destinations: tuple[str, ...], db: Connection | None = None) -> int:
-        """Queue a job; returns its id. ``db`` joins the caller's transaction."""
+                destinations: tuple[str, ...], series_uids: tuple[str, ...] = (),
+                study_uid: str = "", db: Connection | None = None) -> int:
+        """Queue a job over ``series_uids`` (default: ``series_uid`` alone); returns its id.
+
+        ``db`` joins the caller's transaction.
+        """
         if db is None:
             with self.catalogue.begin() as own:
                 return self.enqueue(series_uid, rule=rule, model=model, seg_type=seg_type,
-                                    destinations=destinations, db=own)
+                                    destinations=destinations, series_uids=series_uids,
+                                    study_uid=study_uid, db=own)
         result = db.execute(jobs.insert().values(
-            series_uid=series_uid, rule=rule, model=model, seg_type=seg_type,
+            series_uid=series_uid, series_uids=json.dumps(list(series_uids or (series_uid,))),
+            study_uid=study_uid, rule=rule, model=model, seg_type=seg_type,
             destinations=json.dumps(list(destinations)), state="queued", attempts=0,
             reason="", result="", output_dir="", created_at=self.catalogue.clock(),
         ))

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import highdicom as hd
 
-from dicom_io.nifti import read_nifti, write_label_nifti
+from dicom_io.nifti import read_nifti, write_image_nifti, write_label_nifti
+from dicom_io.stations import StationSet
+from dicom_io.stitch import labels_to_station, stitch
 from dicom_io.volume import SeriesVolume
 from model.engine import SegmentationEngine
 from model.packs import ModelPack
@@ -108,6 +110,65 @@ class Pipeline:
         outputs.write_tables(rows, self._table_extra(key, flags))
         outputs.write_manifest(self.model_id, [outputs.labels, outputs.table_csv,
                                                outputs.table_json])
+        return VolumeResult(key, "done", outputs.folder, seconds=time.monotonic() - started,
+                            structures=rows)
+
+    def run_station_set(self, stations: StationSet, out_root: Path,
+                        progress: Progress) -> list[VolumeResult]:
+        """Stitch, segment once and write one SEG per station series and one SR.
+
+        With ``stations.segment_each_contrast`` every Dixon contrast is
+        stitched and segmented on its own (``<key>.<contrast>`` folders);
+        otherwise the preferred contrast is, and its labels are written for
+        the series of every contrast.
+        """
+        options = self.settings.stations
+        if options.segment_each_contrast and len(stations.contrasts) > 1:
+            plans = [(f"{stations.key}.{c}", c, (c,)) for c in stations.contrasts]
+        else:
+            chosen = next(c for c in (*options.contrast_preference(), *stations.contrasts)
+                          if c in stations.contrasts)
+            others = tuple(c for c in stations.contrasts if c != chosen)
+            plans = [(stations.key, chosen, (chosen, *others))]
+        return [self._run_stations(stations, key, contrast, written, out_root, progress)
+                for key, contrast, written in plans]
+
+    def _run_stations(self, stations: StationSet, key: str, contrast: str,
+                      written: tuple[str, ...], out_root: Path,
+                      progress: Progress) -> VolumeResult:
+        outputs = SeriesOutputs(out_root / key)
+        if outputs.is_complete(self.model_id):
+            return VolumeResult(key, "skipped", outputs.folder, "outputs complete")
+        started = time.monotonic()
+        segmented = stations.contrasts[contrast]
+        modality = segmented[0].modality
+        progress.stage("stitch")
+        stitched = stitch([v.volume for v in segmented], match_intensities=modality != "CT")
+        for gap in stitched.gaps:
+            logger.warning("stations %s: gap of %.1f mm after station %d of %d", key,
+                           gap.size_mm, gap.after + 1, len(segmented))
+        labels, rows, flags = self._segment_and_measure(stitched.volume, modality, progress)
+        progress.stage("write")
+        outputs.folder.mkdir(parents=True, exist_ok=True)
+        targets = [stations.contrasts[c][n] for c in written for n in stitched.order]
+        station_labels = [labels_to_station(labels, v.volume) for v in targets]
+        files = exports.write_station_outputs(
+            targets, station_labels, rows, pack=self.pack, folder=outputs.folder,
+            seg_type=self.settings.seg_type, gap=bool(stitched.gaps), uid_seed=key)
+        write_label_nifti(labels, outputs.labels)
+        extra_files = []
+        if self.settings.stations.write_stitched:
+            extra_files.append(write_image_nifti(stitched.volume, outputs.folder /
+                                                 "stitched.nii.gz"))
+        extra = self._table_extra(key, flags)
+        extra["qc_flags"] += [exports.gap_flag(gap, len(segmented)) for gap in stitched.gaps]
+        extra["stations"] = [{"series": v.key, "contrast": c, "segmented": c == contrast}
+                             for c in written for v in stations.contrasts[c]]
+        extra["intensity_scales"] = {segmented[n].key: round(stitched.scales[n], 4)
+                                     for n in range(len(segmented))}
+        outputs.write_tables(rows, extra)
+        outputs.write_manifest(self.model_id, [*files, *extra_files, outputs.labels,
+                                               outputs.table_csv, outputs.table_json])
         return VolumeResult(key, "done", outputs.folder, seconds=time.monotonic() - started,
                             structures=rows)
 

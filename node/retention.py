@@ -41,13 +41,12 @@ class Retention:
         return self.catalogue.clock() - self.config.storage.retention_days * 86400.0
 
     def _purgeable(self, db: Connection, series_uid: str, cutoff: float) -> bool:
-        row = db.execute(sa.select(series.c.state, series.c.last_received_at)
+        row = db.execute(sa.select(series.c.state, series.c.last_received_at, series.c.job_id)
                          .where(series.c.series_uid == series_uid)).first()
         if row is None or row.state != COMPLETE or row.last_received_at >= cutoff:
             return False
         newest = db.execute(sa.select(jobs.c.id, jobs.c.state, jobs.c.finished_at)
-                            .where(jobs.c.series_uid == series_uid)
-                            .order_by(jobs.c.id.desc()).limit(1)).first()
+                            .where(jobs.c.id == row.job_id)).first() if row.job_id else None
         if newest is None:
             return True  # complete and never processed: nothing to deliver
         if newest.state != "done" or newest.finished_at is None or newest.finished_at >= cutoff:
@@ -81,6 +80,12 @@ class Retention:
                 sa.select(instances.c.path).where(instances.c.series_uid == series_uid))]
             folders = [row.output_dir for row in db.execute(
                 sa.select(jobs.c.output_dir).where(jobs.c.series_uid == series_uid))]
+            job_id = db.execute(sa.select(series.c.job_id).where(
+                series.c.series_uid == series_uid)).scalar_one()
+            shared = db.execute(sa.select(sa.func.count()).select_from(series).where(
+                series.c.job_id == job_id, series.c.series_uid != series_uid)).scalar_one()
+            if shared:  # a station job: its folder goes with the last of its series
+                folders = []
             db.execute(instances.delete().where(instances.c.series_uid == series_uid))
             db.execute(series.delete().where(series.c.series_uid == series_uid))
         for path in paths:

@@ -17,13 +17,14 @@ from typing import Any
 
 from dicom_io.scan import SeriesFiles, find_series
 from dicom_io.series import read_series
+from dicom_io.stations import group_stations
 from dicom_io.volume import Rejection
 from node.pipeline import Pipeline, VolumeResult
 from node.progress import Progress
 from node.settings import RunSettings
 from segnode_errors import InputRejected, SegnodeError
 
-__all__ = ["RunSummary", "run_segment", "run_series_files", "is_nifti", "versions"]
+__all__ = ["RunSummary", "run_segment", "run_series_set", "is_nifti", "versions"]
 
 logger = logging.getLogger(__name__)
 
@@ -109,36 +110,46 @@ def _run_folder(pipeline: Pipeline, folder: Path, out_root: Path) -> list[Volume
     if not series_list:
         raise InputRejected(f"Input folder '{folder}' holds no DICOM image series.")
     logger.info("found %d series in %s", len(series_list), folder)
-    progress = Progress(len(series_list))
-    results: list[VolumeResult] = []
-    for files in series_list:
-        results.extend(run_series_files(pipeline, files, out_root, progress))
-    progress.close()
-    return results
+    return run_series_set(pipeline, series_list, out_root)
 
 
-def run_series_files(pipeline: Pipeline, files: SeriesFiles, out_root: Path,
-                     progress: Progress) -> list[VolumeResult]:
-    """Read one series and segment each of its volumes into ``out_root/<key>``.
+def run_series_set(pipeline: Pipeline, series_list: list[SeriesFiles], out_root: Path, *,
+                   live: bool = True) -> list[VolumeResult]:
+    """Read series, group the stations of multi-station acquisitions, segment everything.
 
     The one path from series files to outputs, shared by ``segnode segment``
-    and the node's worker. A refused series or volume is a ``failed`` result
-    with its reason, never an exception.
+    and the node's worker. Stations of one acquisition (see
+    :mod:`dicom_io.stations`) are stitched and segmented once; every other
+    volume on its own into ``out_root/<key>``. A refused series or volume is
+    a ``failed`` result with its reason, never an exception.
     """
-    progress.start(files.series_uid)
-    try:
-        read = read_series(files)
-    except SegnodeError as exc:
-        logger.error("series %s refused: %s", files.series_uid, exc)
-        progress.finish("failed")
-        return [VolumeResult(files.series_uid, "failed", reason=str(exc))]
-    results = [_rejection_result(rejection) for rejection in read.rejected]
-    for volume in read.volumes:
+    results: list[VolumeResult] = []
+    volumes = []
+    for files in series_list:
+        try:
+            read = read_series(files)
+        except SegnodeError as exc:
+            logger.error("series %s refused: %s", files.series_uid, exc)
+            results.append(VolumeResult(files.series_uid, "failed", reason=str(exc)))
+            continue
+        results.extend(_rejection_result(rejection) for rejection in read.rejected)
+        volumes.extend(read.volumes)
+    options = pipeline.settings.stations
+    station_sets, singles = (group_stations(volumes, options.grouping) if options.enabled
+                             else ([], volumes))
+    progress = Progress(len(station_sets) + len(singles), live=live)
+    for stations in station_sets:
+        logger.info("stations %s: %d stations x %s", stations.key, stations.station_count,
+                    ", ".join(stations.contrasts))
+        progress.start(stations.key)
+        results.extend(_guarded_many(stations.key, progress, lambda s=stations:
+                                     pipeline.run_station_set(s, out_root, progress)))
+    for volume in singles:
+        progress.start(volume.key)
         results.append(_guarded(volume.key, progress,
                                 lambda v=volume: pipeline.run_series_volume(v, out_root,
                                                                             progress)))
-    if not read.volumes:
-        progress.finish("refused")
+    progress.close()
     return results
 
 
@@ -147,6 +158,17 @@ def _rejection_result(rejection: Rejection) -> VolumeResult:
     log = logger.info if status == "ignored" else logger.error
     log("series %s %s: %s", rejection.key, status, rejection.reason)
     return VolumeResult(rejection.key, status, reason=rejection.reason)
+
+
+def _guarded_many(key: str, progress: Progress, work: Any) -> list[VolumeResult]:
+    """Run ``work`` (several results); a SegnodeError fails this group only."""
+    try:
+        results = work()
+    except SegnodeError as exc:
+        logger.error("stations %s failed: %s", key, exc)
+        results = [VolumeResult(key, "failed", reason=str(exc))]
+    progress.finish(", ".join(sorted({r.status for r in results})))
+    return results
 
 
 def _guarded(key: str, progress: Progress, work: Any) -> VolumeResult:

@@ -8,9 +8,16 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from dicom_io.stations import StationGrouping
 from segnode_errors import ConfigError
 
-__all__ = ["RunSettings", "check_device", "default_models_dir", "format_validation_error"]
+__all__ = [
+    "RunSettings",
+    "StationSettings",
+    "check_device",
+    "default_models_dir",
+    "format_validation_error",
+]
 
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
@@ -25,6 +32,66 @@ def check_device(value: str) -> str:
 def default_models_dir() -> Path:
     """Return the per-user model store used when none is configured."""
     return Path.home() / ".local" / "share" / "segnode" / "models"
+
+
+_DIXON_CONTRASTS = ("in", "opp", "water", "fat")
+
+
+class StationSettings(BaseModel):
+    """How multi-station (whole-body) acquisitions are grouped, stitched and segmented.
+
+    Parameters
+    ----------
+    enabled
+        Group the stations of one acquisition, stitch and segment them once.
+    contrast_keys
+        Header attributes that must be equal for series to be stations of
+        one acquisition (``description_stem`` and ``dixon`` are derived; see
+        :mod:`dicom_io.stations`).
+    station_suffix
+        Regular expression removed from the end of SeriesDescription (after
+        a Dixon suffix) to compare descriptions without station numbers.
+    max_gap_mm
+        Largest gap between two stations still stitched (and flagged).
+    segment_contrast
+        Dixon contrast segmented when the contrasts are segmented once; its
+        labels are written for all four series of each station. The first
+        present of this, then ``opp``, ``in``, ``water``, ``fat`` is used.
+    segment_each_contrast
+        Segment every Dixon contrast on its own instead.
+    write_stitched
+        Also write the stitched image (``stitched.nii.gz``) next to the labels.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    contrast_keys: tuple[str, ...] = StationGrouping().contrast_keys
+    station_suffix: str = StationGrouping().station_suffix
+    max_gap_mm: float = Field(default=StationGrouping().max_gap_mm, ge=0)
+    segment_contrast: Literal["in", "opp", "water", "fat"] = "opp"
+    segment_each_contrast: bool = False
+    write_stitched: bool = False
+
+    @field_validator("station_suffix")
+    @classmethod
+    def _check_regex(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value
+
+    @property
+    def grouping(self) -> StationGrouping:
+        """The grouping rules as :mod:`dicom_io.stations` takes them."""
+        return StationGrouping(contrast_keys=self.contrast_keys,
+                               station_suffix=self.station_suffix, max_gap_mm=self.max_gap_mm)
+
+    def contrast_preference(self) -> tuple[str, ...]:
+        """Dixon contrasts in the order they are tried for segmentation."""
+        return (self.segment_contrast,
+                *(c for c in _DIXON_CONTRASTS if c != self.segment_contrast), "image")
 
 
 class RunSettings(BaseModel):
@@ -49,6 +116,8 @@ class RunSettings(BaseModel):
     tile_step_size
         Sliding-window step as a fraction of the patch; ``None`` lets the
         engine choose for the device.
+    stations
+        Grouping and stitching of multi-station acquisitions.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -59,6 +128,7 @@ class RunSettings(BaseModel):
     seg_type: Literal["binary", "labelmap"] = "binary"
     folds: tuple[int, ...] | None = None
     tile_step_size: float | None = Field(default=None, gt=0.0, le=1.0)
+    stations: StationSettings = Field(default_factory=StationSettings)
 
     _check_device = field_validator("device")(check_device)
 

@@ -20,8 +20,7 @@ from node.config import NodeConfig
 from node.jobqueue import Job, SqlJobQueue
 from node.outbox import Outbox
 from node.pipeline import Pipeline, VolumeResult
-from node.progress import Progress
-from node.runner import run_series_files
+from node.runner import run_series_set
 from node.settings import RunSettings
 from segnode_errors import SegnodeError
 
@@ -56,6 +55,7 @@ class Worker:
         return RunSettings.build(
             model=model, models_dir=self.config.storage.models_dir, device=processing.device,
             seg_type=seg_type, folds=processing.folds, tile_step_size=processing.tile_step_size,
+            stations=self.config.stations,
         )
 
     def pipeline(self, settings: RunSettings) -> Pipeline:
@@ -81,18 +81,19 @@ class Worker:
 
     def run(self, job: Job) -> None:
         """Run one claimed job to done or failed; never raises."""
-        logger.info("job %d: series %s, rule %s (attempt %d)", job.id, job.series_uid,
-                    job.rule, job.attempts)
+        logger.info("job %d: %d series from %s, rule %s (attempt %d)", job.id,
+                    len(job.series_uids), job.series_uid, job.rule, job.attempts)
         out_root = Path(self.config.storage.output_dir) / f"job-{job.id}"
         self.queue.set_output_dir(job.id, str(out_root))
-        paths = self.catalogue.series_paths(job.series_uid)
-        if not paths:
-            self.queue.fail(job.id, "no instances of the series are in the spool")
+        series = [SeriesFiles(uid, tuple(self.catalogue.series_paths(uid)))
+                  for uid in job.series_uids]
+        series = [files for files in series if files.paths]
+        if not series:
+            self.queue.fail(job.id, "no instances of the job's series are in the spool")
             return
         try:
             pipeline = self.pipeline(self.settings_for(job.model, job.seg_type))
-            results = run_series_files(pipeline, SeriesFiles(job.series_uid, tuple(paths)),
-                                       out_root, Progress(1, live=False))
+            results = run_series_set(pipeline, series, out_root, live=False)
         except SegnodeError as exc:
             self.queue.fail(job.id, str(exc))
             logger.error("job %d failed: %s", job.id, exc)
@@ -106,7 +107,7 @@ class Worker:
     def _finish(self, job: Job, results: list[VolumeResult]) -> None:
         produced = [r for r in results if r.status in ("done", "skipped")]
         outputs = [path for r in produced if r.folder is not None
-                   for path in (r.folder / "seg.dcm", r.folder / "sr.dcm") if path.is_file()]
+                   for path in sorted(r.folder.glob("*.dcm"))]
         for path in outputs:
             sop_uid = str(pydicom.dcmread(path, stop_before_pixels=True,
                                           specific_tags=["SOPInstanceUID"]).SOPInstanceUID)

@@ -157,15 +157,15 @@ def test_quiet_series_lists_receiving_series_quiet_before_the_cutoff(
 # The assembler --------------------------------------------------------------------------------
 
 
-def _config(quiet_s: float = 30.0) -> NodeConfig:
+def _config(quiet_s: float = 30.0, *, whole_study: bool = False) -> NodeConfig:
     dest = {"ae_title": "ORTHANC", "host": "127.0.0.1", "port": 4242}
     return NodeConfig(
         destinations=(DestinationConfig(name="pacs", **dest),
                       DestinationConfig(name="archive", **dest)),
         rules=(RuleConfig(name="mr-body", match=RuleMatch(modality=("MR",), min_slices=3),
                           model="mrsegmentator", seg_type="labelmap",
-                          destinations=("pacs", "archive")),),
-        timing=TimingConfig(series_quiet_s=quiet_s),
+                          destinations=("pacs", "archive"), whole_study=whole_study),),
+        timing=TimingConfig(series_quiet_s=quiet_s, study_quiet_s=120),
     )
 
 
@@ -249,3 +249,75 @@ def test_reopened_series_gets_a_new_job_after_the_quiet_time(
     assert assembler.run_once() == 1
     second, first = queue.list()
     assert second.id > first.id and catalogue.get_series(SERIES)["job_id"] == second.id
+
+
+# Whole studies (stations) ---------------------------------------------------------------------
+
+STATION_2 = "1.2.826.0.1.3680043.8.498.1.2"
+STATION_3 = "1.2.826.0.1.3680043.8.498.1.3"
+
+
+def test_stations_wait_for_the_study_and_share_one_job(catalogue: Catalogue,
+                                                       clock: FakeClock) -> None:
+    queue = SqlJobQueue(catalogue)
+    assembler = Assembler(_config(whole_study=True), catalogue, queue)
+    _send(catalogue, clock, ["1.1", "1.2", "1.3"])
+    _send(catalogue, clock, ["2.1", "2.2", "2.3"], series=STATION_2)
+    clock.advance(31)
+    assert assembler.run_once() == 0  # both series quiet, the study not yet
+    assert {catalogue.get_series(uid)["state"] for uid in (SERIES, STATION_2)} == {"waiting"}
+    assert "waiting for the study" in catalogue.get_series(SERIES)["decision"]
+    clock.advance(90)
+    assert assembler.run_once() == 1
+    [job] = queue.list()
+    assert job.series_uids == (SERIES, STATION_2) and job.study_uid == STUDY
+    for uid in (SERIES, STATION_2):
+        row = catalogue.get_series(uid)
+        assert (row["state"], row["job_id"]) == ("complete", job.id)
+    clock.advance(3600)
+    assert assembler.run_once() == 0
+
+
+def test_a_receiving_series_holds_its_study(catalogue: Catalogue, clock: FakeClock) -> None:
+    queue = SqlJobQueue(catalogue)
+    assembler = Assembler(_config(whole_study=True), catalogue, queue)
+    _send(catalogue, clock, ["1.1", "1.2", "1.3"])
+    clock.advance(31)
+    assert assembler.run_once() == 0
+    clock.advance(100)
+    _send(catalogue, clock, ["2.1"], series=STATION_2)  # a station still arriving
+    clock.advance(25)
+    assert assembler.run_once() == 0 and queue.list() == []
+    _send(catalogue, clock, ["2.2", "2.3"], series=STATION_2)
+    clock.advance(121)
+    assert assembler.run_once() == 1
+    assert queue.list()[0].series_uids == (SERIES, STATION_2)
+
+
+def test_a_late_station_reruns_the_whole_study(catalogue: Catalogue, clock: FakeClock) -> None:
+    queue = SqlJobQueue(catalogue)
+    assembler = Assembler(_config(whole_study=True), catalogue, queue)
+    _send(catalogue, clock, ["1.1", "1.2", "1.3"])
+    _send(catalogue, clock, ["2.1", "2.2", "2.3"], series=STATION_2)
+    clock.advance(121)
+    assembler.run_once()
+    assembler.run_once()
+    _send(catalogue, clock, ["3.1", "3.2", "3.3"], series=STATION_3)
+    clock.advance(31)
+    assert assembler.run_once() == 0
+    clock.advance(90)
+    assert assembler.run_once() == 1
+    second, first = queue.list()
+    assert first.series_uids == (SERIES, STATION_2)
+    assert second.series_uids == (SERIES, STATION_2, STATION_3)
+
+
+def test_a_late_instance_sends_a_waiting_series_back_to_receiving(catalogue: Catalogue,
+                                                                  clock: FakeClock) -> None:
+    assembler = Assembler(_config(whole_study=True), catalogue, SqlJobQueue(catalogue))
+    _send(catalogue, clock, ["1.1", "1.2", "1.3"])
+    clock.advance(31)
+    assembler.run_once()
+    assert catalogue.get_series(SERIES)["state"] == "waiting"
+    _send(catalogue, clock, ["1.4"])
+    assert catalogue.get_series(SERIES)["state"] == "receiving"

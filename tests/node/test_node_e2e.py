@@ -87,7 +87,7 @@ class NodeProcess:
                               "port": orthanc.dicom_port}],
             "rules": [{"name": "mr", "match": {"modality": ["MR"], "min_slices": 10},
                        "destinations": ["pacs"]}],
-            "timing": {"series_quiet_s": 2, "poll_interval_s": 0.2,
+            "timing": {"series_quiet_s": 2, "study_quiet_s": 3, "poll_interval_s": 0.2,
                        "retry": {"initial_delay_s": 0.5, "max_delay_s": 2}},
             "storage": {"min_free_disk_mb": 0, "models_dir": str(root / "models")},
             "processing": {"device": "cpu", "tile_step_size": 0.75},

@@ -80,7 +80,7 @@ def world(tmp_path: Path) -> Iterator[World]:
     config = NodeConfig(
         destinations=(DestinationConfig(name="pacs", ae_title="PACS", host="127.0.0.1",
                                         port=104),),
-        rules=(RuleConfig(name="all", destinations=("pacs",)),),
+        rules=(RuleConfig(name="all", destinations=("pacs",), whole_study=False),),
         timing=TimingConfig(series_quiet_s=30),
         storage=StorageConfig(spool_dir=tmp_path / "spool", retention_days=2),
     )
