@@ -29,6 +29,14 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         "--folds", type=int, nargs="+", help="folds to ensemble (default: 1 on CPU, all on CUDA)"
     )
     parser.add_argument("--tile-step", type=float, help="sliding-window step, fraction of patch")
+    parser.add_argument("--no-stations", action="store_true",
+                        help="segment every series on its own (no whole-body stitching)")
+    parser.add_argument("--dixon-contrast", choices=("in", "opp", "water", "fat"),
+                        help="Dixon contrast segmented for all four (default: opp)")
+    parser.add_argument("--each-contrast", action="store_true",
+                        help="stitch and segment every Dixon contrast on its own")
+    parser.add_argument("--write-stitched", action="store_true",
+                        help="also write the stitched image (stitched.nii.gz)")
     parser.add_argument("--report", type=Path, help="write a JSON manifest of the run here")
 
 

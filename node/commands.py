@@ -27,6 +27,11 @@ def _models_dir(args: argparse.Namespace) -> Path:
 
 
 def _run_settings(args: argparse.Namespace) -> RunSettings:
+    stations: dict[str, object] = {"enabled": not args.no_stations,
+                                   "segment_each_contrast": args.each_contrast,
+                                   "write_stitched": args.write_stitched}
+    if args.dixon_contrast:
+        stations["segment_contrast"] = args.dixon_contrast
     return RunSettings.build(
         model=args.model,
         models_dir=_models_dir(args),
@@ -34,6 +39,7 @@ def _run_settings(args: argparse.Namespace) -> RunSettings:
         seg_type=args.seg_type,
         folds=tuple(args.folds) if args.folds else None,
         tile_step_size=args.tile_step,
+        stations=stations,
     )
 
 

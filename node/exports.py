@@ -71,11 +71,11 @@ def flag_dict(flag: QCFlag) -> dict[str, Any]:
     return {"label": flag.label, "code": flag.code, "message": flag.message}
 
 
-def gap_flag(gap: Gap, stations: int) -> dict[str, Any]:
-    """A gap between stitched stations as a QC flag of the JSON table."""
-    return {"label": None, "code": "station_gap",
-            "message": f"gap of {gap.size_mm:.1f} mm after station {gap.after + 1} of "
-                       f"{stations}: structures there are missing or cut"}
+def gap_flag(gap: Gap, before: str, after: str) -> dict[str, Any]:
+    """A gap between the stitched stations ``before`` and ``after`` (series keys) as a QC flag."""
+    return {"label": None, "code": "station_gap", "between": [before, after],
+            "message": f"gap of {gap.size_mm:.1f} mm between stations {before} and {after}: "
+                       "structures there are missing or cut"}
 
 
 def write_dicom_outputs(

@@ -144,9 +144,11 @@ class Pipeline:
         modality = segmented[0].modality
         progress.stage("stitch")
         stitched = stitch([v.volume for v in segmented], match_intensities=modality != "CT")
-        for gap in stitched.gaps:
-            logger.warning("stations %s: gap of %.1f mm after station %d of %d", key,
-                           gap.size_mm, gap.after + 1, len(segmented))
+        gap_flags = [exports.gap_flag(gap, segmented[stitched.order[gap.after]].key,
+                                      segmented[stitched.order[gap.after + 1]].key)
+                     for gap in stitched.gaps]
+        for flag in gap_flags:
+            logger.warning("stations %s: %s", key, flag["message"])
         labels, rows, flags = self._segment_and_measure(stitched.volume, modality, progress)
         progress.stage("write")
         outputs.folder.mkdir(parents=True, exist_ok=True)
@@ -161,7 +163,7 @@ class Pipeline:
             extra_files.append(write_image_nifti(stitched.volume, outputs.folder /
                                                  "stitched.nii.gz"))
         extra = self._table_extra(key, flags)
-        extra["qc_flags"] += [exports.gap_flag(gap, len(segmented)) for gap in stitched.gaps]
+        extra["qc_flags"] += gap_flags
         extra["stations"] = [{"series": v.key, "contrast": c, "segmented": c == contrast}
                              for c in written for v in stations.contrasts[c]]
         extra["intensity_scales"] = {segmented[n].key: round(stitched.scales[n], 4)

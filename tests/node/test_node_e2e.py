@@ -30,6 +30,7 @@ from pynetdicom.sop_class import MRImageStorage
 from dicom_io.phantom_series import write_series
 from model.phantom import Phantom, make_grid
 from node.catalogue import Catalogue
+from node.demo import write_station_phantom
 from node.jobqueue import SqlJobQueue
 from node.outbox import Outbox
 from tests.peers import (
@@ -422,3 +423,26 @@ def test_jobs_and_outbox_commands(setup: Setup) -> None:
     assert len(found["SEG"]) == 1 and len(found["SR"]) == 1
     unknown = setup.node.cli("jobs", "show", "99999")
     assert unknown.returncode == 2 and "No job with id 99999" in unknown.stderr
+
+
+def test_whole_body_stations_in_separate_associations(setup: Setup) -> None:
+    phantom = write_station_phantom(setup.root / "data" / "wb", stations=3, overlap_mm=40.0,
+                                    length_mm=560.0, seed=23)
+    folders = [station["image"] for station in phantom.folders]
+    station_uids = [str(pydicom.dcmread(next(f.iterdir()), stop_before_pixels=True)
+                        .SeriesInstanceUID) for f in folders]
+    for index in (2, 0, 1):  # shuffled, one association each
+        result = storescu(folders[index], "127.0.0.1", setup.node.port, called_aet="SEGNODE",
+                          netns=setup.ns)
+        assert result.returncode == 0, result.stderr
+
+    def delivered() -> bool:
+        found = [_outputs_for(setup.orthanc, uid) for uid in station_uids]
+        return all(len(f["SEG"]) == 1 and len(f["SR"]) == 1 for f in found)
+
+    wait_for("one SEG per station and one SR at Orthanc", delivered, setup.node)
+    found = [_outputs_for(setup.orthanc, uid) for uid in station_uids]
+    assert len({f["SR"][0]["id"] for f in found}) == 1  # one report for the body
+    jobs = [j for j in setup.node.queue.list() if set(j.series_uids) & set(station_uids)]
+    assert len(jobs) == 1 and sorted(jobs[0].series_uids) == sorted(station_uids)
+    assert jobs[0].study_uid == phantom.study_uid
