@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -184,3 +185,14 @@ def _walk(dataset: pydicom.Dataset):
     for item in dataset.get("ContentSequence", []):
         yield item
         yield from _walk(item)
+
+
+@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy (dicom3tools) not installed")
+def test_station_seg_and_multi_seg_sr_pass_dciodvfy(body) -> None:
+    _, _, stitched, _ = body
+    folder = stitched.only_folder()
+    for path in (next(folder.glob("seg-*.dcm")), folder / "sr.dcm"):
+        checked = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True,
+                                 check=False)
+        errors = [line for line in checked.stderr.splitlines() if line.startswith("Error")]
+        assert not errors, (path.name, errors)
