@@ -142,8 +142,9 @@ def jobs(args: argparse.Namespace) -> int:
     queue = SqlJobQueue(Catalogue(config.database_url))
     if args.jobs_command == "list":
         for job in queue.list(args.state, limit=args.limit):
+            more = f" (+{len(job.series_uids) - 1} series)" if len(job.series_uids) > 1 else ""
             _write(f"{job.id:6d} {job.state:8s} {_when(job.created_at)} {job.rule:16s} "
-                   f"{job.series_uid} {job.reason}")
+                   f"{job.series_uid}{more} {job.reason}")
         return 0
     job = queue.get(args.id)
     if job is None:
