@@ -67,7 +67,8 @@ class StationGrouping:
 
     contrast_keys: tuple[str, ...] = ("Modality", "ImageType", "SequenceName", "EchoTime",
                                       "description_stem", "dixon")
-    station_suffix: str = r"(?i)[_\s-]*(?:station|stat|stn|st|s)?[_\s-]*\d{1,2}$"
+    station_suffix: str = (r"(?i)(?:[_\s-]+(?:station|stat|stn|st|s)?[_\s-]*"
+                           r"|(?:station|stat|stn|st|s)[_\s-]*)\d{1,2}$")
     max_overlap: float = 0.5
     max_gap_mm: float = 250.0
 
@@ -224,6 +225,8 @@ def _merge_contrasts(runs: list[tuple[tuple[str, ...], list[SeriesVolume]]],
             # Named by what all its contrasts share, so adding a contrast keeps the key.
             shared = (run[0].modality, _orientation_key(run[0]),
                       description_stem(run[0].description, grouping))
-            sets.append(StationSet(_set_key(run[0].study_uid, shared), run[0].study_uid,
+            key = _set_key(run[0].study_uid, shared)
+            taken = sum(1 for existing in sets if existing.key.split("~")[0] == key)
+            sets.append(StationSet(f"{key}~{taken + 1}" if taken else key, run[0].study_uid,
                                    {contrast: tuple(run)}))
     return sets

@@ -91,8 +91,9 @@ def _check_orientations(stations: Sequence[hd.Volume]) -> np.ndarray:
     """The unit axes of the first station; every station must share them up to sign."""
     axes = stations[0].direction
     for index, station in enumerate(stations[1:], start=1):
-        dots = np.abs(axes.T @ station.direction)
-        if not np.allclose(np.sort(dots, axis=1)[:, -1], 1.0, atol=_ORIENTATION_ATOL):
+        # Axis by axis (k with k, j with j, i with i); only the sign may differ.
+        dots = np.abs(np.sum(axes * station.direction, axis=0))
+        if not np.allclose(dots, 1.0, atol=_ORIENTATION_ATOL):
             raise InputRejected(
                 f"Station {index} is oriented differently from station 0; stations must share "
                 "their patient orientation to be stitched.")

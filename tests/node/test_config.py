@@ -84,6 +84,7 @@ def test_shipped_sections_hold_the_defaults() -> None:
     assert config.node == defaults.node
     assert config.timing == defaults.timing
     assert config.processing == defaults.processing
+    assert config.stations == defaults.stations
     assert config.storage.min_free_disk_mb == defaults.storage.min_free_disk_mb
     assert config.storage.retention_days == defaults.storage.retention_days
 
