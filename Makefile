@@ -10,7 +10,7 @@ TORCH_PINS  := torch==2.14.1 torchvision==0.29.1
 STAMP       := $(VENV)/.segnode-installed
 DEMO_OUT    ?= out/demo
 
-.PHONY: all setup run test test-fast lint peers clean demo-model bench
+.PHONY: all setup run test test-fast lint peers clean demo-model bench bench-stitch
 
 all: test
 
@@ -50,6 +50,10 @@ lint: $(STAMP)
 # Receive throughput of `segnode serve` next to DCMTK storescp (root; about 2 minutes).
 bench: $(STAMP) peers
 	$(BIN)/python bench/receive.py
+
+# Stitching time and peak memory of a NAKO-sized 4-station case next to plain SimpleITK.
+bench-stitch: $(STAMP)
+	$(BIN)/python bench/stitch.py
 
 # Re-train the embedded demo model from the phantom generator (CPU, minutes).
 demo-model: $(STAMP)

@@ -22,37 +22,42 @@ stations differ) and noise ``|signal + N(0, 20)|``. The cases:
 - ``segnode labels_to_station() x4``: a uint8 label volume of the stitched
   size mapped back onto each of the four stations.
 
-Every run is a fresh process (this script with ``--run CASE``) that builds
+Every run is a fresh process (this script with ``--run CASE``). It builds
 the inputs, makes one warm-up call on a 16 x 16 in-plane copy of them (ITK
-thread pool, first use of the libraries' code), resets the kernel's
-high-water mark of its resident set (``/proc/self/clear_refs``; the
-``getrusage`` ``ru_maxrss`` cannot be reset, so it would still hold the
-transients of building the inputs), then times one call with
-``time.perf_counter``. "peak RSS" is the high-water mark (VmHWM) after the
-call minus the resident set (VmRSS) before it; it counts the output, which
-is still alive. The first run of every case then makes one more call under
-``tracemalloc`` for "numpy peak": the most memory numpy (and Python) held
-at once during the call, which leaves out SimpleITK's own image buffers.
-Cases are interleaved, each run R times; the table shows medians.
+thread pool, first use of the libraries' code), hands freed heap memory
+back to the system (glibc ``malloc_trim``; else the call could reuse
+resident pages unseen), resets the kernel's high-water mark of its
+resident set (``/proc/self/clear_refs``: ``getrusage``'s ``ru_maxrss``
+cannot be reset and would still hold the transients of building the
+inputs), then times one call with ``time.perf_counter`` (and its CPU
+time, user and system, with ``getrusage``). "peak RSS" is the
+high-water mark (VmHWM) after the call minus the resident set (VmRSS)
+before it; it counts the output, which is still alive. The first run of
+every case then makes one more call under ``tracemalloc`` for "numpy
+peak": the most memory numpy (and Python) held at once during the call,
+which leaves out SimpleITK's own image buffers. Cases are interleaved,
+each run R times; the table shows medians.
 
-Usage (about 2 minutes on 2 cores with R=3): ``.venv/bin/python bench/stitch.py [--repeat R]``
+Usage (about 70 s on 2 cores with R=3): ``.venv/bin/python bench/stitch.py [--repeat R]``
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import importlib.metadata
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
 import time
 import tracemalloc
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -109,6 +114,8 @@ class RunResult:
 
     case: str
     seconds: float
+    user_s: float
+    sys_s: float
     peak_rss_mib: float
     numpy_peak_mib: float | None
     input_mib: float
@@ -152,7 +159,8 @@ def build_inputs(rows: int = ROWS, columns: int = COLUMNS) -> Inputs:
     rng = np.random.default_rng(0)
     frame_uid = hd.UID()
     station_mm = STATION_SLICES * SLICE_MM
-    first_centre = -(STATION_STRIDE_MM * (len(STATION_GAINS) - 1) + station_mm) / 2 + station_mm / 2
+    length_mm = STATION_STRIDE_MM * (len(STATION_GAINS) - 1) + station_mm
+    first_centre = (station_mm - length_mm) / 2
     stations = []
     for index, gain in enumerate(STATION_GAINS):
         grid = make_grid("axial", (SLICE_MM, PIXEL_MM, PIXEL_MM),
@@ -238,14 +246,18 @@ def measure(case: Case, trace: bool) -> RunResult:
     data = build_inputs()
     case.run(build_inputs(WARM_UP_IN_PLANE, WARM_UP_IN_PLANE))
     gc.collect()
+    # Freed heap memory stays resident, and a call reusing it would not raise the peak.
+    ctypes.CDLL(None).malloc_trim(0)
     try:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError as exc:
         raise BenchError(f"cannot reset the peak RSS (/proc/self/clear_refs): {exc}") from exc
     before = _status_mib("VmRSS")
+    cpu = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
     outputs = case.run(data)
     seconds = time.perf_counter() - start
+    cpu_after = resource.getrusage(resource.RUSAGE_SELF)
     peak = _status_mib("VmHWM") - before
     output_mib = _mib(outputs)
     shapes = [list(a.shape) for a in outputs]
@@ -257,8 +269,9 @@ def measure(case: Case, trace: bool) -> RunResult:
         case.run(data)
         numpy_peak = tracemalloc.get_traced_memory()[1] / MIB
         tracemalloc.stop()
-    return RunResult(case.name, seconds, peak, numpy_peak, _mib(case.reads(data)), output_mib,
-                     shapes)
+    return RunResult(case.name, seconds, cpu_after.ru_utime - cpu.ru_utime,
+                     cpu_after.ru_stime - cpu.ru_stime, peak, numpy_peak, _mib(case.reads(data)),
+                     output_mib, shapes)
 
 
 # ---------------------------------------------------------------------------
@@ -292,28 +305,28 @@ def describe_machine() -> list[str]:
     ]
 
 
-_COLUMNS = (f"{'case':<40} {'seconds':>7} {'peak RSS MiB':>12} {'numpy peak MiB':>14} "
-            f"{'input MiB':>9} {'output MiB':>10} {'peak/input':>10}")
+_COLUMNS = (f"{'case':<40} {'seconds':>7} {'user s':>6} {'sys s':>5} {'peak RSS MiB':>12} "
+            f"{'numpy peak MiB':>14} {'input MiB':>9} {'output MiB':>10} {'peak/input':>10}")
 
 
-def _row(name: str, seconds: float, peak: float, numpy_peak: float | None, input_mib: float,
-         output_mib: float) -> str:
-    traced = "-" if numpy_peak is None else f"{numpy_peak:.0f}"
-    return (f"{name:<40} {seconds:>7.2f} {peak:>12.0f} {traced:>14} {input_mib:>9.1f} "
-            f"{output_mib:>10.1f} {peak / input_mib:>10.1f}")
+def _row(run: RunResult) -> str:
+    traced = "-" if run.numpy_peak_mib is None else f"{run.numpy_peak_mib:.0f}"
+    return (f"{run.case:<40} {run.seconds:>7.2f} {run.user_s:>6.2f} {run.sys_s:>5.2f} "
+            f"{run.peak_rss_mib:>12.0f} {traced:>14} {run.input_mib:>9.1f} "
+            f"{run.output_mib:>10.1f} {run.peak_rss_mib / run.input_mib:>10.1f}")
 
 
 def median_table(results: list[RunResult]) -> list[str]:
-    """One row per case: median seconds and peak RSS, and the seconds range of the runs."""
+    """One row per case: the medians over its runs, and the range of their seconds."""
     lines = [f"{_COLUMNS} {'range s':>11}"]
     for case in CASES:
         runs = [r for r in results if r.case == case.name]
         seconds = [r.seconds for r in runs]
         traced = [r.numpy_peak_mib for r in runs if r.numpy_peak_mib is not None]
-        row = _row(case.name, statistics.median(seconds),
-                   statistics.median(r.peak_rss_mib for r in runs), traced[0] if traced else None,
-                   runs[0].input_mib, runs[0].output_mib)
-        lines.append(f"{row} {f'{min(seconds):.2f}-{max(seconds):.2f}':>11}")
+        median = replace(runs[0], numpy_peak_mib=traced[0] if traced else None,
+                         **{field: statistics.median(getattr(r, field) for r in runs)
+                            for field in ("seconds", "user_s", "sys_s", "peak_rss_mib")})
+        lines.append(f"{_row(median)} {f'{min(seconds):.2f}-{max(seconds):.2f}':>11}")
     return lines
 
 
@@ -348,13 +361,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             for case in CASES:
                 result = run_child(case, trace=repeat == 0)
                 results.append(result)
-                row = _row(result.case, result.seconds, result.peak_rss_mib,
-                           result.numpy_peak_mib, result.input_mib, result.output_mib)
-                print(f"{row}  {repeat + 1}", flush=True)
+                print(f"{_row(result)}  {repeat + 1}", flush=True)
         stitched = " x ".join(map(str, results[0].output_shapes[0]))
         print(f"\nmedian of {args.repeat} runs (stitched volume {stitched} voxels):")
         print("\n".join(median_table(results)))
-        print("\npeak RSS:   most resident memory during the call above the resident set "
+        print("\nuser s, sys s: CPU time of the process during the call (all threads; sys is "
+              "mostly page faults on freshly allocated memory).\n"
+              "peak RSS:   most resident memory during the call above the resident set "
               "before it (fresh process), output included.\n"
               "numpy peak: tracemalloc's peak during one call (numpy and Python allocations; "
               "not SimpleITK's image buffers).")

@@ -17,7 +17,6 @@ for that station's series.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -28,9 +27,6 @@ import SimpleITK as sitk
 from segnode_errors import InputRejected
 
 __all__ = ["Gap", "StitchResult", "stitch", "labels_to_station", "stitched_grid"]
-
-logger = logging.getLogger(__name__)
-logger.addHandler(logging.NullHandler())
 
 #: Stations whose extents are this close (mm) count as adjacent, not as a gap.
 ADJACENT_TOLERANCE_MM = 0.5
@@ -127,11 +123,47 @@ def _box(volume: hd.Volume, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return corners.min(axis=0), corners.max(axis=0)
 
 
-def _resample(station: hd.Volume, reference: sitk.Image) -> np.ndarray:
-    image = station.astype(np.float32).to_simpleitk()
-    resampled = sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, 0.0,
-                              sitk.sitkFloat32)
-    return hd.Volume.from_simpleitk(resampled).array
+def _sitk_geometry(affine: np.ndarray) -> tuple[list[float], list[float], list[float]]:
+    """SimpleITK origin, spacing and direction of a (k, j, i) affine (SimpleITK's x is i)."""
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    direction = (affine[:3, :3] / spacing)[:, ::-1]
+    return affine[:3, 3].tolist(), spacing[::-1].tolist(), direction.flatten().tolist()
+
+
+def _to_sitk(volume: hd.Volume, dtype: type) -> sitk.Image:
+    """The volume as a SimpleITK image of ``dtype``, copied once (array order kept)."""
+    image = sitk.GetImageFromArray(np.ascontiguousarray(volume.array, dtype=dtype))
+    origin, spacing, direction = _sitk_geometry(volume.affine)
+    image.SetOrigin(origin)
+    image.SetSpacing(spacing)
+    image.SetDirection(direction)
+    return image
+
+
+def _resample_onto(image: sitk.Image, affine: np.ndarray, shape: Sequence[int],
+                   interpolator: int, pixel_type: int) -> np.ndarray:
+    """``image`` resampled onto the grid (affine, shape); returns a (k, j, i) array."""
+    origin, spacing, direction = _sitk_geometry(affine)
+    size = [int(n) for n in shape][::-1]
+    resampled = sitk.Resample(image, size, sitk.Transform(), interpolator, origin, spacing,
+                              direction, 0, pixel_type)
+    return sitk.GetArrayFromImage(resampled)
+
+
+def _index_box(box: tuple[np.ndarray, np.ndarray], shape: Sequence[int],
+               margin: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Integer index range [lo, hi) of the voxel centres inside a continuous box."""
+    low, high = box
+    lo = np.maximum(np.ceil(low).astype(int) - margin, 0)
+    hi = np.minimum(np.floor(high).astype(int) + 1 + margin, np.asarray(shape))
+    return lo, hi
+
+
+def _sub_affine(affine: np.ndarray, lo: np.ndarray) -> np.ndarray:
+    """Affine of the sub-grid of ``affine`` starting at index ``lo``."""
+    sub = affine.copy()
+    sub[:3, 3] = affine[:3, :3] @ lo + affine[:3, 3]
+    return sub
 
 
 def _ramps(boxes: list[tuple[np.ndarray, np.ndarray]], order: list[int], axis: int,
@@ -154,11 +186,11 @@ def _ramps(boxes: list[tuple[np.ndarray, np.ndarray]], order: list[int], axis: i
     return weights
 
 
-def _slab(array: np.ndarray, axis: int, start: float, stop: float) -> np.ndarray:
-    lo, hi = int(np.ceil(start)), int(np.floor(stop)) + 1
-    index = [slice(None)] * 3
-    index[axis] = slice(max(lo, 0), max(hi, 0))
-    return array[tuple(index)]
+def _window(part: tuple[np.ndarray, np.ndarray], lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """The voxels of a resampled box (array, its first grid index) in grid range [lo, hi)."""
+    array, start = part
+    return array[tuple(slice(int(a - s), int(b - s))
+                       for a, b, s in zip(lo, hi, start, strict=True))]
 
 
 def _foreground(values: np.ndarray) -> float:
@@ -166,23 +198,29 @@ def _foreground(values: np.ndarray) -> float:
     return float(_FOREGROUND_FRACTION * np.percentile(positive, 99)) if positive.size else 0.0
 
 
-def _ratio(previous: np.ndarray, current: np.ndarray, prev_high: float, cur_low: float,
+def _ratio(previous: tuple[np.ndarray, np.ndarray], current: tuple[np.ndarray, np.ndarray],
            axis: int, spacing_mm: float) -> float:
     """Mean of the previous station over mean of the current one where they meet.
 
-    Overlapping stations are compared voxel by voxel over the overlap (both in
-    the foreground); touching stations over slabs on either side of the
-    junction. Across a gap nothing is comparable and the factor is 1.
+    Each station comes as its resampled box and the grid index of the box's
+    first voxel. Overlapping stations are compared voxel by voxel over the
+    common part of their boxes (both in the foreground); touching stations
+    over slabs on either side of the junction. Across a gap nothing is
+    comparable and the factor is 1.
     """
-    if prev_high > cur_low:
-        a = _slab(previous, axis, cur_low, prev_high)
-        b = _slab(current, axis, cur_low, prev_high)
+    (a_array, a_lo), (b_array, b_lo) = previous, current
+    a_hi, b_hi = a_lo + np.asarray(a_array.shape), b_lo + np.asarray(b_array.shape)
+    lo, hi = np.maximum(a_lo, b_lo), np.minimum(a_hi, b_hi)
+    if hi[axis] > lo[axis]:
+        a, b = _window(previous, lo, hi), _window(current, lo, hi)
         both = (a > _foreground(a)) & (b > _foreground(b))
         a, b = a[both], b[both]
-    elif (cur_low - prev_high) * spacing_mm <= ADJACENT_TOLERANCE_MM + spacing_mm:
-        width = _BORDER_SLAB_MM / spacing_mm
-        a = _slab(previous, axis, prev_high - width, prev_high)
-        b = _slab(current, axis, cur_low, cur_low + width)
+    elif (b_lo[axis] - a_hi[axis]) * spacing_mm <= ADJACENT_TOLERANCE_MM + spacing_mm:
+        width = max(1, int(round(_BORDER_SLAB_MM / spacing_mm)))
+        a_lo_slab, b_hi_slab = a_lo.copy(), b_hi.copy()
+        a_lo_slab[axis] = max(a_hi[axis] - width, a_lo[axis])
+        b_hi_slab[axis] = min(b_lo[axis] + width, b_hi[axis])
+        a, b = _window(previous, a_lo_slab, a_hi), _window(current, b_lo, b_hi_slab)
         a, b = a[a > _foreground(a)], b[b > _foreground(b)]
     else:
         return 1.0
@@ -218,49 +256,35 @@ def stitch(stations: Sequence[hd.Volume], *, match_intensities: bool = True) -> 
     centres = np.array([(low + high) / 2 for low, high in boxes])
     axis = int(np.argmax(centres.max(axis=0) - centres.min(axis=0)))
     order = sorted(range(len(stations)), key=lambda n: centres[n][axis])
-    reference = hd.Volume(np.zeros(shape, np.uint8), affine, coordinate_system="PATIENT",
-                          frame_of_reference_uid=stations[0].frame_of_reference_uid)
-    reference_image = reference.to_simpleitk()
     spacing_mm = float(np.linalg.norm(affine[:3, axis]))
     weights = _ramps(boxes, order, axis, shape[axis])
     numerator = np.zeros(shape, np.float32)
     denominator = np.zeros(shape, np.float32)
     scales = [1.0] * len(stations)
-    previous: np.ndarray | None = None
+    previous: tuple[np.ndarray, np.ndarray] | None = None
     for rank, station in enumerate(order):
-        resampled = _resample(stations[station], reference_image)
+        # Each station is resampled onto its own box of the grid only.
+        lo, hi = _index_box(boxes[station], shape)
+        box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+        resampled = _resample_onto(_to_sitk(stations[station], np.float32),
+                                   _sub_affine(affine, lo), hi - lo, sitk.sitkLinear,
+                                   sitk.sitkFloat32)
+        current = (resampled, lo)
         if match_intensities and previous is not None:
-            factor = _ratio(previous, resampled, boxes[order[rank - 1]][1][axis],
-                            boxes[station][0][axis], axis, spacing_mm)
+            factor = _ratio(previous, current, axis, spacing_mm)
             scales[station] = scales[order[rank - 1]] * factor
-        covered = _covered(resampled.shape, boxes[station])
-        shape_1d = [1, 1, 1]
-        shape_1d[axis] = shape[axis]
-        weight = (weights[station].reshape(shape_1d) * covered).astype(np.float32)
-        previous = resampled
-        numerator += weight * resampled * np.float32(scales[station])
-        denominator += weight
-    image = np.divide(numerator, denominator, out=np.zeros_like(numerator),
-                      where=denominator > 0)
+        view = [1, 1, 1]
+        view[axis] = int(hi[axis] - lo[axis])
+        weight = weights[station][lo[axis]:hi[axis]].astype(np.float32).reshape(view)
+        numerator[box] += resampled * (weight * np.float32(scales[station]))
+        denominator[box] += weight
+        previous = current
+    # numerator is 0 wherever denominator is: dividing in place is exact.
+    image = np.divide(numerator, denominator, out=numerator, where=denominator > 0)
     gaps = _gaps(boxes, order, axis, spacing_mm)
-    for gap in gaps:
-        logger.warning("gap of %.1f mm after station %d (in stacking order)", gap.size_mm,
-                       gap.after)
     volume = hd.Volume(image, affine, coordinate_system="PATIENT",
                        frame_of_reference_uid=stations[0].frame_of_reference_uid)
     return StitchResult(volume, tuple(order), tuple(scales), gaps, axis)
-
-
-def _covered(shape: tuple[int, ...], box: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    """1 inside a station's extent on the stitched grid, 0 outside (broadcastable mask)."""
-    low, high = box
-    masks = []
-    for axis, n in enumerate(shape):
-        index = np.arange(n)
-        view = [1, 1, 1]
-        view[axis] = n
-        masks.append(((index >= low[axis]) & (index <= high[axis])).reshape(view))
-    return masks[0] & masks[1] & masks[2]
 
 
 def _gaps(boxes: list[tuple[np.ndarray, np.ndarray]], order: list[int], axis: int,
@@ -277,14 +301,18 @@ def _gaps(boxes: list[tuple[np.ndarray, np.ndarray]], order: list[int], axis: in
 
 
 def labels_to_station(labels: hd.Volume, station: hd.Volume) -> hd.Volume:
-    """Labels on the stitched grid resampled onto ``station``'s grid (nearest neighbour)."""
-    source = labels.astype(np.uint16).to_simpleitk()
-    target = hd.Volume(np.zeros(station.spatial_shape, np.uint8), station.affine,
-                       coordinate_system="PATIENT",
-                       frame_of_reference_uid=station.frame_of_reference_uid).to_simpleitk()
-    resampled = sitk.Resample(source, target, sitk.Transform(), sitk.sitkNearestNeighbor, 0,
-                              sitk.sitkUInt16)
-    array = hd.Volume.from_simpleitk(resampled).array
-    return hd.Volume(np.ascontiguousarray(array.astype(labels.dtype)), station.affine.copy(),
+    """Labels on the stitched grid resampled onto ``station``'s grid (nearest neighbour).
+
+    Only the part of the label grid around the station (one voxel of margin)
+    is converted and resampled.
+    """
+    lo, hi = _index_box(_box(station, labels.affine), labels.spatial_shape, margin=1)
+    crop = labels.array[tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))]
+    pixel_type = sitk.sitkUInt8 if labels.array.max(initial=0) < 256 else sitk.sitkUInt16
+    dtype = np.uint8 if pixel_type == sitk.sitkUInt8 else np.uint16
+    cropped = hd.Volume(crop, _sub_affine(labels.affine, lo), coordinate_system="PATIENT")
+    array = _resample_onto(_to_sitk(cropped, dtype), station.affine, station.spatial_shape,
+                           sitk.sitkNearestNeighbor, pixel_type)
+    return hd.Volume(array.astype(labels.dtype, copy=False), station.affine.copy(),
                      coordinate_system="PATIENT",
                      frame_of_reference_uid=station.frame_of_reference_uid)
