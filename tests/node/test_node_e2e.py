@@ -426,23 +426,47 @@ def test_jobs_and_outbox_commands(setup: Setup) -> None:
 
 
 def test_whole_body_stations_in_separate_associations(setup: Setup) -> None:
+    """Two stations with a gap are processed; the late middle station reruns the study.
+
+    The rerun's SR keeps its UID (it derives from the station set), so Orthanc
+    replaces it and ends up with one SEG per station and one SR.
+    """
     phantom = write_station_phantom(setup.root / "data" / "wb", stations=3, overlap_mm=40.0,
                                     length_mm=560.0, seed=23)
     folders = [station["image"] for station in phantom.folders]
     station_uids = [str(pydicom.dcmread(next(f.iterdir()), stop_before_pixels=True)
                         .SeriesInstanceUID) for f in folders]
-    for index in (2, 0, 1):  # shuffled, one association each
+    for index in (2, 0):  # shuffled, one association each; the middle station is late
         result = storescu(folders[index], "127.0.0.1", setup.node.port, called_aet="SEGNODE",
                           netns=setup.ns)
         assert result.returncode == 0, result.stderr
 
-    def delivered() -> bool:
-        found = [_outputs_for(setup.orthanc, uid) for uid in station_uids]
-        return all(len(f["SEG"]) == 1 and len(f["SR"]) == 1 for f in found)
+    def delivered(indices: tuple[int, ...], jobs_done: int) -> Callable[[], bool]:
+        def check() -> bool:
+            jobs = [j for j in setup.node.queue.list() if set(j.series_uids) & set(station_uids)]
+            if len(jobs) != jobs_done or any(j.state != "done" for j in jobs) or any(
+                    r.state != "done" for j in jobs for r in setup.node.outbox.for_job(j.id)):
+                return False
+            found = [_outputs_for(setup.orthanc, station_uids[n]) for n in indices]
+            return all(len(f["SEG"]) == 1 and len(f["SR"]) == 1 for f in found)
+        return check
 
-    wait_for("one SEG per station and one SR at Orthanc", delivered, setup.node)
+    wait_for("the two outer stations at Orthanc", delivered((0, 2), 1), setup.node)
+    (first_job,) = [j for j in setup.node.queue.list() if set(j.series_uids) & set(station_uids)]
+    assert sorted(first_job.series_uids) == sorted([station_uids[0], station_uids[2]])
+    assert "gap of" in setup.node.log_text()
+    first_sr = _outputs_for(setup.orthanc, station_uids[0])["SR"][0]["dataset"]
+    result = storescu(folders[1], "127.0.0.1", setup.node.port, called_aet="SEGNODE",
+                      netns=setup.ns)
+    assert result.returncode == 0, result.stderr
+    wait_for("the rerun with the late station at Orthanc", delivered((0, 1, 2), 2), setup.node)
     found = [_outputs_for(setup.orthanc, uid) for uid in station_uids]
     assert len({f["SR"][0]["id"] for f in found}) == 1  # one report for the body
-    jobs = [j for j in setup.node.queue.list() if set(j.series_uids) & set(station_uids)]
-    assert len(jobs) == 1 and sorted(jobs[0].series_uids) == sorted(station_uids)
-    assert jobs[0].study_uid == phantom.study_uid
+    sr = found[0]["SR"][0]["dataset"]
+    assert sr.SOPInstanceUID == first_sr.SOPInstanceUID  # replaced, not duplicated
+    assert station_uids[1] in {series.SeriesInstanceUID
+                               for study in sr.CurrentRequestedProcedureEvidenceSequence
+                               for series in study.ReferencedSeriesSequence}
+    second_job = max(j.id for j in setup.node.queue.list()
+                     if set(j.series_uids) & set(station_uids))
+    assert sorted(setup.node.queue.get(second_job).series_uids) == sorted(station_uids)
