@@ -100,16 +100,15 @@ def test_stations_give_one_folder_with_a_seg_per_station_and_one_sr(body) -> Non
 def test_volumes_match_the_unsplit_body(body) -> None:
     """Volumes are measured once on the stitched grid: no double counting in the overlaps.
 
-    Large structures (over 100 ml, where one boundary voxel layer is well
-    under 1 % of the volume) agree with the unsplit body within 1 %; the
-    small ones within 5 %.
+    Every structure agrees with the same body segmented as one series within
+    1 % (measured here: at most 0.9 %, stomach and aorta; the run is
+    deterministic on the CPU).
     """
     _, _, stitched, unsplit = body
     split, whole = _volumes(stitched.only_folder()), _volumes(unsplit.only_folder())
     assert set(split) == set(whole)
     for name, volume in whole.items():
-        tolerance = 0.01 if volume > 100 else 0.05
-        assert split[name] == pytest.approx(volume, rel=tolerance), name
+        assert split[name] == pytest.approx(volume, rel=0.01), name
 
 
 def test_each_station_seg_lands_on_its_own_slices(body) -> None:
