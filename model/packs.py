@@ -10,8 +10,11 @@ MRSegmentator's release zip holds)::
     .segnode-weights.json           (cache of the checkpoint SHA-256s)
 
 ``segnode.json`` holds ``{"name", "version", "description",
-"input_orientation"}``. ``input_orientation`` is the ITK-style code of the
-orientation the model was trained in (see :mod:`model._nnunet`); it defaults
+"input_orientation", "licence", "checkpoints", "archive_sha256"}``;
+``checkpoints`` maps each checkpoint to the SHA-256 recorded when the pack
+was installed (``segnode models verify`` compares against it).
+``input_orientation`` is the ITK-style code of the orientation the model
+was trained in (see :mod:`model._nnunet`); it defaults
 to ``"LPS"``, which is what MRSegmentator reorients to. Without a
 ``segnode.json`` the version is taken from MRSegmentator's ``version.json``
 (``weights_version``) if present.
@@ -41,9 +44,11 @@ __all__ = [
     "DEMO_PACK_NAME",
     "METADATA_FILE",
     "ModelPack",
+    "checkpoint_hashes",
     "find_folds",
     "is_nnunet_folder",
     "load_pack",
+    "verify_checkpoints",
     "weights_sha256",
     "write_metadata",
 ]
@@ -85,6 +90,8 @@ class ModelPack:
         Free text.
     builtin : bool
         True for the demo pack shipped inside the package.
+    licence : str
+        Licence of the weights, as the pack states it ("" when unknown).
     """
 
     name: str
@@ -96,6 +103,7 @@ class ModelPack:
     input_orientation: str
     description: str
     builtin: bool = False
+    licence: str = ""
 
     def checkpoint(self, fold: Fold) -> Path:
         """Return the checkpoint path of ``fold``."""
@@ -113,6 +121,7 @@ class ModelPack:
             "input_orientation": self.input_orientation,
             "description": self.description,
             "builtin": self.builtin,
+            "licence": self.licence,
         }
 
 
@@ -185,13 +194,48 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def checkpoint_hashes(folder: Path, folds: tuple[Fold, ...] | None = None, *,
+                      fresh: bool = False) -> dict[str, str]:
+    """SHA-256 of each fold's checkpoint, keyed by its path relative to ``folder``.
+
+    Per-file hashes are cached in ``.segnode-weights.json`` keyed by size and
+    mtime; ``fresh`` reads every file again (``segnode models verify``). A
+    read-only folder is hashed every time.
+    """
+    folds = find_folds(folder) if folds is None else folds
+    cache_path = folder / _SHA_CACHE
+    try:
+        cache = json.loads(cache_path.read_text(encoding="utf-8")) if cache_path.is_file() else {}
+    except (OSError, ValueError):
+        cache = {}
+    files = cache.get("files", {}) if isinstance(cache, dict) else {}
+    hashes, changed = {}, False
+    for fold in folds:
+        rel = f"fold_{fold}/{CHECKPOINT_NAME}"
+        stat = (folder / rel).stat()
+        entry = files.get(rel)
+        cached = not fresh and entry and (entry.get("size"), entry.get("mtime_ns")) == (
+            stat.st_size, stat.st_mtime_ns)
+        if not cached:
+            entry = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+                     "sha256": _file_sha256(folder / rel)}
+            files[rel], changed = entry, True
+        hashes[rel] = entry["sha256"]
+    if changed:
+        try:
+            tmp = cache_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"files": files}, indent=2), encoding="utf-8")
+            os.replace(tmp, cache_path)
+        except OSError as exc:
+            logger.debug("Could not cache weight hashes in %s: %s", folder, exc)
+    return hashes
+
+
 def weights_sha256(folder: Path, folds: tuple[Fold, ...] | None = None) -> str:
     """SHA-256 identifying a pack's weights, computed once and cached.
 
-    The value is the SHA-256 of the lines ``"<relative path>  <file sha256>\\n"``
-    for each fold's checkpoint in fold order (``sha256sum`` format). Per-file
-    hashes are cached in ``.segnode-weights.json`` keyed by size and mtime;
-    a read-only folder is hashed every time.
+    The value is the SHA-256 of the lines ``"<relative path>  <file sha256>\n"``
+    for each fold's checkpoint in fold order (``sha256sum`` format).
 
     Parameters
     ----------
@@ -205,33 +249,31 @@ def weights_sha256(folder: Path, folds: tuple[Fold, ...] | None = None) -> str:
     str
         64 lowercase hex digits.
     """
-    folds = find_folds(folder) if folds is None else folds
-    cache_path = folder / _SHA_CACHE
-    try:
-        cache = json.loads(cache_path.read_text(encoding="utf-8")) if cache_path.is_file() else {}
-    except (OSError, ValueError):
-        cache = {}
-    files = cache.get("files", {}) if isinstance(cache, dict) else {}
-    lines, changed = [], False
-    for fold in folds:
-        rel = f"fold_{fold}/{CHECKPOINT_NAME}"
-        stat = (folder / rel).stat()
-        entry = files.get(rel)
-        fresh = entry and (entry.get("size"), entry.get("mtime_ns")) == (
-            stat.st_size, stat.st_mtime_ns)
-        if not fresh:
-            entry = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-                     "sha256": _file_sha256(folder / rel)}
-            files[rel], changed = entry, True
-        lines.append(f"{rel}  {entry['sha256']}\n")
-    if changed:
-        try:
-            tmp = cache_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"files": files}, indent=2), encoding="utf-8")
-            os.replace(tmp, cache_path)
-        except OSError as exc:
-            logger.debug("Could not cache weight hashes in %s: %s", folder, exc)
+    lines = [f"{rel}  {sha}\n" for rel, sha in checkpoint_hashes(folder, folds).items()]
     return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
+def verify_checkpoints(pack: ModelPack) -> list[str]:
+    """Re-read every checkpoint and compare it with the hashes recorded at install.
+
+    Returns the problems, one line each (empty when everything matches).
+    """
+    meta_path = pack.folder / METADATA_FILE
+    recorded = _read_json(meta_path).get("checkpoints") if meta_path.is_file() else None
+    if not isinstance(recorded, dict) or not recorded:
+        return [f"{pack.name}: no checkpoint hashes recorded (install it again to record them)"]
+    current = checkpoint_hashes(pack.folder, fresh=True)
+    problems = []
+    for rel, expected in sorted(recorded.items()):
+        received = current.get(rel)
+        if received is None:
+            problems.append(f"{pack.name}: {rel} is missing")
+        elif received != expected:
+            problems.append(f"{pack.name}: {rel} changed - expected SHA-256 {expected}, "
+                            f"received {received}")
+    problems.extend(f"{pack.name}: {rel} was not part of the installed pack"
+                    for rel in sorted(set(current) - set(recorded)))
+    return problems
 
 
 def load_pack(folder: Path | str, *, name: str | None = None, builtin: bool = False) -> ModelPack:
@@ -278,6 +320,7 @@ def load_pack(folder: Path | str, *, name: str | None = None, builtin: bool = Fa
         input_orientation=validate_orientation(str(meta.get("input_orientation", "LPS"))),
         description=str(meta.get("description", "")),
         builtin=builtin,
+        licence=str(meta.get("licence", "")),
     )
 
 

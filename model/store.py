@@ -32,6 +32,7 @@ from .packs import (
     DEMO_PACK_DIR,
     DEMO_PACK_NAME,
     ModelPack,
+    checkpoint_hashes,
     is_nnunet_folder,
     load_pack,
     write_metadata,
@@ -52,7 +53,7 @@ class KnownRelease:
 
     Attributes
     ----------
-    name, version, url, sha256, input_orientation, description : str
+    name, version, url, sha256, input_orientation, licence, description : str
         Pack metadata; ``sha256`` is the SHA-256 of the zip at ``url``.
     source : str
         Where ``url`` and ``sha256`` were taken from.
@@ -63,6 +64,7 @@ class KnownRelease:
     url: str
     sha256: str
     input_orientation: str
+    licence: str
     description: str
     source: str
 
@@ -74,6 +76,7 @@ KNOWN_RELEASES: dict[str, KnownRelease] = {
         url="https://github.com/hhaentze/MRSegmentator/releases/download/v1.2.0/weights.zip",
         sha256="dd26c1b511908a1f2a752b7fe8f5ca9c5603fc3e69fa52f57bf3ccdd52ceb286",
         input_orientation="LPS",
+        licence="Apache-2.0",
         description="MRSegmentator 40 structures, MR and CT (nnU-Net v2, 5 folds)",
         source="hhaentze/MRSegmentator src/mrsegmentator/config.py MODEL_REGISTRY['base']",
     ),
@@ -189,14 +192,18 @@ class ModelStore:
         tmp_root.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=f"{pack_name}-", dir=tmp_root))
         try:
-            folder = self._stage(release.url if release else source, expected, work)
+            folder, archive_sha256 = self._stage(release.url if release else source, expected,
+                                                 work)
             write_metadata(
                 folder, name=pack_name,
                 version=release.version if release else None,
                 description=release.description if release else None,
                 input_orientation=validate_orientation(
                     release.input_orientation if release else _orientation_or_default(folder)),
+                licence=release.licence if release else None,
                 source=release.url if release else source,
+                archive_sha256=archive_sha256,
+                checkpoints=checkpoint_hashes(folder, fresh=True),
             )
             load_pack(folder, name=pack_name)  # validates labels, computes weight hashes
             self._move_into_place(folder, pack_name, work)
@@ -208,15 +215,15 @@ class ModelStore:
 
     # -- staging ------------------------------------------------------------
 
-    def _stage(self, source: str, expected: str | None, work: Path) -> Path:
-        """Fetch/verify/extract ``source`` inside ``work``; return the model folder."""
+    def _stage(self, source: str, expected: str | None, work: Path) -> tuple[Path, str | None]:
+        """Fetch/verify/extract ``source`` inside ``work``; the model folder and zip SHA-256."""
         local = Path(source)
         if "://" not in source and local.is_dir():
             if not is_nnunet_folder(local):
                 raise ModelError(f"'{source}' is not an nnU-Net v2 model folder.")
             target = work / "pack"
             shutil.copytree(local, target)
-            return target
+            return target, None
         if "://" in source:
             archive = _download(source, work / "download.zip")
         elif local.is_file():
@@ -224,8 +231,8 @@ class ModelStore:
         else:
             raise ModelError(f"Invalid model source '{source}' - not a known release "
                              f"({sorted(KNOWN_RELEASES)}), a zip file, a folder or a URL.")
-        _verify_sha256(archive, expected, source)
-        return _extract_model(archive, work / "unpacked")
+        received = _verify_sha256(archive, expected, source)
+        return _extract_model(archive, work / "unpacked"), received
 
     def _move_into_place(self, folder: Path, pack_name: str, work: Path) -> None:
         target = self._root / pack_name
@@ -268,7 +275,7 @@ def _download(url: str, target: Path) -> Path:
     return target
 
 
-def _verify_sha256(archive: Path, expected: str | None, source: str) -> None:
+def _verify_sha256(archive: Path, expected: str | None, source: str) -> str:
     digest = hashlib.sha256()
     with archive.open("rb") as fh:
         for chunk in iter(lambda: fh.read(_CHUNK), b""):
@@ -281,6 +288,7 @@ def _verify_sha256(archive: Path, expected: str | None, source: str) -> None:
             f"Checksum mismatch for '{source}' - expected SHA-256 {expected}, received {received}. "
             "Nothing was installed."
         )
+    return received
 
 
 def _extract_model(archive: Path, target: Path) -> Path:

@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     install.add_argument("source", help="known name (mrsegmentator), a .zip file or a URL")
     install.add_argument("--sha256", help="expected SHA-256 of the zip (hex)")
     install.add_argument("--name", help="name to install under (default: from the pack)")
+    verify = models_sub.add_parser("verify", help="re-read every checkpoint and check its SHA-256")
+    verify.add_argument("names", nargs="*", help="packs to verify (default: all installed)")
     _add_node_commands(sub)
     return parser
 

@@ -87,7 +87,8 @@ def demo(args: argparse.Namespace) -> int:
 
 
 def models(args: argparse.Namespace) -> int:
-    """``segnode models list|install``."""
+    """``segnode models list|install|verify``."""
+    from model.packs import verify_checkpoints
     from model.store import ModelStore
 
     store = ModelStore(_models_dir(args))
@@ -95,9 +96,19 @@ def models(args: argparse.Namespace) -> int:
         pack = store.install(args.source, sha256=args.sha256, name=args.name)
         sys.stdout.write(f"installed {pack.name} {pack.version} in {pack.folder}\n")
         return 0
+    if args.models_command == "verify":
+        packs = [store.resolve(name) for name in args.names] or store.list()
+        failed = 0
+        for pack in packs:
+            problems = verify_checkpoints(pack)
+            failed += bool(problems)
+            for line in problems or [f"{pack.name}: {len(pack.folds)} checkpoint(s) verified"]:
+                sys.stdout.write(line + "\n")
+        return 1 if failed else 0
     for pack in store.list():
         sys.stdout.write(
             f"{pack.name:20s} {pack.version:10s} folds {','.join(map(str, pack.folds)):10s} "
-            f"{len(pack.labels.structures):3d} labels  {pack.folder}\n"
+            f"{len(pack.labels.structures):3d} labels  sha256 {pack.weights_sha256[:12]}  "
+            f"licence {pack.licence or 'unknown'}  {pack.folder}\n"
         )
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 from tests.model.conftest import write_tiny_model, zip_folder
@@ -38,3 +39,29 @@ def test_wrong_checksum_fails_and_installs_nothing(tmp_path: Path) -> None:
     assert wrong in result.stderr and digest in result.stderr
     assert not (models / "tiny").exists()
     assert [p for p in models.rglob("*") if p.is_file()] == []  # no partial download or unpack
+
+
+def test_verify_rechecks_every_checkpoint_against_the_install(tmp_path: Path) -> None:
+    archive, digest = _zip_model(tmp_path)
+    models = tmp_path / "models"
+    installed = run_cli("models", "--models-dir", models, "install", str(archive),
+                        "--sha256", digest, "--name", "tiny")
+    assert installed.returncode == 0, installed.stderr[-2000:]
+    meta = json.loads((models / "tiny" / "segnode.json").read_text())
+    assert meta["archive_sha256"] == digest
+    checkpoint = models / "tiny" / "fold_0" / "checkpoint_final.pth"
+    assert meta["checkpoints"] == {
+        "fold_0/checkpoint_final.pth": hashlib.sha256(checkpoint.read_bytes()).hexdigest()}
+    verified = run_cli("models", "--models-dir", models, "verify", "tiny")
+    assert verified.returncode == 0 and "tiny: 1 checkpoint(s) verified" in verified.stdout
+    listed = run_cli("models", "--models-dir", models, "list")
+    assert "licence unknown" in listed.stdout and "licence Apache-2.0" in listed.stdout
+    data = bytearray(checkpoint.read_bytes())
+    data[-1] ^= 0xFF  # one flipped byte, same size
+    checkpoint.write_bytes(bytes(data))
+    broken = run_cli("models", "--models-dir", models, "verify")
+    assert broken.returncode == 1
+    assert "demo: 1 checkpoint(s) verified" in broken.stdout
+    assert "tiny: fold_0/checkpoint_final.pth changed - expected SHA-256 " in broken.stdout
+    assert meta["checkpoints"]["fold_0/checkpoint_final.pth"] in broken.stdout
+    assert hashlib.sha256(bytes(data)).hexdigest() in broken.stdout
