@@ -36,6 +36,7 @@ from typing import Any
 from segnode_errors import ModelError
 
 from ._nnunet import validate_orientation
+from .label_file import LABELS_JSON, read_label_json
 from .labels import LabelTable, table_from_dataset_json
 
 __all__ = [
@@ -310,12 +311,15 @@ def load_pack(folder: Path | str, *, name: str | None = None, builtin: bool = Fa
     if not isinstance(labels, dict):
         raise ModelError(f"'{folder / 'dataset.json'}' has no 'labels' object.")
     folds = find_folds(folder)
+    own_table = folder / LABELS_JSON  # a site's own codes (segnode models add)
+    table = (read_label_json(own_table, name=pack_name) if own_table.is_file()
+             else table_from_dataset_json(labels, name=pack_name))
     return ModelPack(
         name=pack_name,
         version=_version_of(folder, meta),
         folder=folder,
         folds=folds,
-        labels=table_from_dataset_json(labels, name=pack_name),
+        labels=table,
         weights_sha256=weights_sha256(folder, folds),
         input_orientation=validate_orientation(str(meta.get("input_orientation", "LPS"))),
         description=str(meta.get("description", "")),

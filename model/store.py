@@ -28,6 +28,8 @@ from pathlib import Path
 from segnode_errors import ModelError
 
 from ._nnunet import validate_orientation
+from .label_file import LABELS_JSON, read_label_file, write_label_json
+from .labels import LabelTable
 from .packs import (
     DEMO_PACK_DIR,
     DEMO_PACK_NAME,
@@ -155,8 +157,29 @@ class ModelStore:
             f"installed: {known}.{hint}"
         )
 
+    def add(self, name: str, nnunet_folder: Path, labels_file: Path) -> ModelPack:
+        """Register a site's own nnU-Net v2 model folder with its ``labels.yaml``.
+
+        The folder is copied into the store with the label table validated
+        (see :mod:`model.label_file`) and stored as ``labels.json``.
+
+        Raises
+        ------
+        ModelError
+            If the folder is not an nnU-Net model or the label file is
+            invalid; nothing is installed then.
+        """
+        folder = Path(nnunet_folder)
+        if not is_nnunet_folder(folder):
+            raise ModelError(f"'{folder}' is not an nnU-Net v2 model folder - expected "
+                             "plans.json, dataset.json and fold_N/checkpoint_final.pth.")
+        dataset_labels = _read_dataset_labels(folder)
+        table = read_label_file(labels_file, dataset_labels, name=name)
+        return self.install(str(folder), name=name, labels=table)
+
     def install(
-        self, source: str, *, sha256: str | None = None, name: str | None = None
+        self, source: str, *, sha256: str | None = None, name: str | None = None,
+        labels: LabelTable | None = None,
     ) -> ModelPack:
         """Install a pack from a release name, zip file, URL or folder.
 
@@ -170,6 +193,9 @@ class ModelStore:
             is used when omitted. Without any, the computed hash is logged.
         name : str, optional
             Pack name; default the release name, else the zip or folder stem.
+        labels : LabelTable, optional
+            The pack's own label table (``segnode models add``), stored as
+            ``labels.json`` instead of matching ``dataset.json`` names.
 
         Returns
         -------
@@ -205,6 +231,8 @@ class ModelStore:
                 archive_sha256=archive_sha256,
                 checkpoints=checkpoint_hashes(folder, fresh=True),
             )
+            if labels is not None:
+                write_label_json(labels, folder / LABELS_JSON)
             load_pack(folder, name=pack_name)  # validates labels, computes weight hashes
             self._move_into_place(folder, pack_name, work)
         finally:
@@ -241,6 +269,15 @@ class ModelStore:
             os.replace(target, old)
             logger.info("Replacing installed pack '%s'.", pack_name)
         os.replace(folder, target)
+
+
+def _read_dataset_labels(folder: Path) -> dict[str, int]:
+    from .packs import _read_json
+
+    labels = _read_json(folder / "dataset.json").get("labels")
+    if not isinstance(labels, dict):
+        raise ModelError(f"'{folder / 'dataset.json'}' has no 'labels' object.")
+    return labels
 
 
 def _valid_name(name: str) -> bool:

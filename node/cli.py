@@ -63,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     install.add_argument("source", help="known name (mrsegmentator), a .zip file or a URL")
     install.add_argument("--sha256", help="expected SHA-256 of the zip (hex)")
     install.add_argument("--name", help="name to install under (default: from the pack)")
+    add = models_sub.add_parser("add", help="register your own nnU-Net v2 model with its codes")
+    add.add_argument("name", help="pack name")
+    add.add_argument("--nnunet-folder", type=Path, required=True,
+                     help="trained model folder (plans.json, dataset.json, fold_N)")
+    add.add_argument("--labels", type=Path, required=True,
+                     help="labels.yaml: name, SNOMED CT code, laterality, colour per label")
     verify = models_sub.add_parser("verify", help="re-read every checkpoint and check its SHA-256")
     verify.add_argument("names", nargs="*", help="packs to verify (default: all installed)")
     _add_node_commands(sub)

@@ -87,7 +87,7 @@ def demo(args: argparse.Namespace) -> int:
 
 
 def models(args: argparse.Namespace) -> int:
-    """``segnode models list|install|verify``."""
+    """``segnode models list|install|add|verify``."""
     from model.packs import verify_checkpoints
     from model.store import ModelStore
 
@@ -95,6 +95,10 @@ def models(args: argparse.Namespace) -> int:
     if args.models_command == "install":
         pack = store.install(args.source, sha256=args.sha256, name=args.name)
         sys.stdout.write(f"installed {pack.name} {pack.version} in {pack.folder}\n")
+        return 0
+    if args.models_command == "add":
+        pack = store.add(args.name, args.nnunet_folder, args.labels)
+        sys.stdout.write(f"added {pack.name} ({len(pack.labels)} labels) in {pack.folder}\n")
         return 0
     if args.models_command == "verify":
         packs = [store.resolve(name) for name in args.names] or store.list()
