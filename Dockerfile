@@ -9,8 +9,9 @@
 FROM nvidia/cuda:13.0.1-runtime-ubuntu24.04
 
 ARG DEBIAN_FRONTEND=noninteractive
-# Pinned to the release this image was tested with; override to update.
-ARG MRSEGMENTATOR_RELEASE=mrsegmentator
+# Model packs baked into the image (names known to `segnode models install`),
+# space separated: docker build --build-arg SEGNODE_PACKS="mrsegmentator" .
+ARG SEGNODE_PACKS=mrsegmentator
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
@@ -38,7 +39,8 @@ COPY config.yaml /etc/segnode/config.yaml
 
 # torch and torchvision pinned as in the Makefile, so pip never picks another pair.
 RUN pip install --no-cache-dir torch==2.14.1 torchvision==0.29.1 . \
-    && segnode models install "$MRSEGMENTATOR_RELEASE" \
+    && for pack in $SEGNODE_PACKS; do segnode models install "$pack"; done \
+    && segnode models verify \
     && chown -R 10001:10001 /opt/segnode-models
 
 # The image's default configuration: the shipped one, listening on every
