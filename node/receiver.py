@@ -67,7 +67,7 @@ class Receiver:
             return self._quarantine(data, f"not a readable DICOM instance: {_reason(exc)}",
                                     calling_ae)
         try:
-            with self.spool.series_lock(record_fields["series_uid"]):
+            with self.spool.series_guard(record_fields["series_uid"]).writing():
                 path, digest = self.spool.store(data, record_fields["study_uid"],
                                                 record_fields["series_uid"],
                                                 record_fields["sop_instance_uid"])

@@ -6,8 +6,8 @@ did not process is purged that long after it was complete. Its spool files,
 catalogue rows and job output folders go. Anything failed, pending or still
 receiving is kept, however old.
 
-The purge of one series holds that series' spool lock (the receiver holds it
-from writing a file to cataloguing it) and checks the conditions again in
+The purge of one series holds that series' guard exclusively (receivers hold
+it, shared, from writing a file to cataloguing it) and checks the conditions again in
 its own transaction, so an instance arriving meanwhile is never deleted.
 """
 
@@ -68,7 +68,7 @@ class Retention:
         """Purge every expired series; returns how many."""
         purged = 0
         for series_uid in self.expired():
-            with self.spool.series_lock(series_uid):
+            with self.spool.series_guard(series_uid).purging():
                 purged += self._purge(series_uid)
         return purged
 

@@ -19,11 +19,13 @@ import tempfile
 import threading
 import time
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from segnode_errors import InputRejected
 
-__all__ = ["Spool", "Quarantine", "check_uid", "free_disk_mb", "durable_write"]
+__all__ = ["Spool", "SeriesGuard", "Quarantine", "check_uid", "free_disk_mb", "durable_write"]
 
 _LOCK_STRIPES = 64
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
@@ -73,6 +75,46 @@ def durable_write(path: Path, data: bytes, tmp_dir: Path) -> None:
     _fsync_dir(path.parent)
 
 
+class SeriesGuard:
+    """Many writers of a series at once, or one purge of it, never both.
+
+    Receivers hold :meth:`writing` from writing a file to cataloguing it, so
+    parallel associations of one series never wait for each other; retention
+    holds :meth:`purging`, which waits until no write is in flight.
+    """
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._writers = 0
+        self._purging = False
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """Shared: one instance being stored."""
+        with self._condition:
+            self._condition.wait_for(lambda: not self._purging)
+            self._writers += 1
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._writers -= 1
+                self._condition.notify_all()
+
+    @contextmanager
+    def purging(self) -> Iterator[None]:
+        """Exclusive: the series' files and rows being removed."""
+        with self._condition:
+            self._condition.wait_for(lambda: not self._purging and self._writers == 0)
+            self._purging = True
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._purging = False
+                self._condition.notify_all()
+
+
 class Spool:
     """Received instances under ``root/<study>/<series>/<sop>.dcm``.
 
@@ -87,7 +129,7 @@ class Spool:
         self.root = Path(root)
         self.tmp = self.root / ".tmp"
         self.tmp.mkdir(parents=True, exist_ok=True)
-        self._locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
+        self._guards = [SeriesGuard() for _ in range(_LOCK_STRIPES)]
         for leftover in self.tmp.glob("*.part"):
             leftover.unlink(missing_ok=True)
 
@@ -111,9 +153,9 @@ class Spool:
         durable_write(path, data, self.tmp)
         return path, hashlib.sha256(data).hexdigest()
 
-    def series_lock(self, series_uid: str) -> threading.Lock:
-        """The lock held while a file of this series is written and catalogued, or purged."""
-        return self._locks[zlib.crc32(series_uid.encode()) % len(self._locks)]
+    def series_guard(self, series_uid: str) -> SeriesGuard:
+        """The guard of a series: shared while storing its files, exclusive while purging."""
+        return self._guards[zlib.crc32(series_uid.encode()) % len(self._guards)]
 
     def prune_empty(self, paths: list[Path]) -> None:
         """Remove the series and study folders of ``paths`` that are now empty."""

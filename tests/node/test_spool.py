@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from node.spool import Quarantine, Spool, check_uid
+from node.spool import Quarantine, SeriesGuard, Spool, check_uid
 from segnode_errors import InputRejected
 from tests.node.fakes import SERIES, STUDY
 
@@ -112,3 +112,27 @@ def test_quarantine_keeps_the_bytes_and_the_reason(tmp_path: Path) -> None:
     assert first.with_suffix(".txt").read_text() == "cannot be parsed: no preamble\n"
     assert second.with_suffix(".txt").read_text() == "SOPInstanceUID is missing.\n"
     assert list(quarantine.tmp.iterdir()) == []
+
+
+def test_series_guard_lets_writers_share_and_makes_a_purge_wait_for_them() -> None:
+    import threading
+
+    guard = SeriesGuard()
+    events: list[str] = []
+    with guard.writing():
+        with guard.writing():  # a second writer does not wait for the first
+            events.append("two writers")
+        purge_done = threading.Event()
+
+        def purge() -> None:
+            with guard.purging():
+                events.append("purge")
+            purge_done.set()
+
+        purger = threading.Thread(target=purge)
+        purger.start()
+        assert not purge_done.wait(0.2)  # blocked while a write is in flight
+        events.append("write done")
+    assert purge_done.wait(5)
+    purger.join()
+    assert events == ["two writers", "write done", "purge"]
