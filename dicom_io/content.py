@@ -47,9 +47,12 @@ class SegmentInfo:
         Human-readable tracking identifier; defaults to ``label``.
     category_code : tuple of str
         Segmented property category, default SCT 91723000.
-    laterality : {"left", "right", None}
+    laterality : {"left", "right", "bilateral", None}
         Laterality, written as a type modifier (SEG) and a finding-site
         laterality (SR).
+    region : tuple of str, optional
+        Anatomic region ``(value, scheme, meaning)`` of a tissue class,
+        written as AnatomicRegionSequence (SEG) and finding site (SR).
     """
 
     number: int
@@ -58,16 +61,17 @@ class SegmentInfo:
     rgb: tuple[int, int, int] = (128, 128, 128)
     tracking_id: str = ""
     category_code: CodeTuple = ANATOMICAL_STRUCTURE
-    laterality: Literal["left", "right"] | None = None
+    laterality: Literal["left", "right", "bilateral"] | None = None
+    region: CodeTuple | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.number <= 65535:
             raise ValueError(
                 f"Argument 'number' must be in 1..65535, got {self.number}."
             )
-        if self.laterality not in ("left", "right", None):
+        if self.laterality not in ("left", "right", "bilateral", None):
             raise ValueError(
-                "Argument 'laterality' must be 'left', 'right' or None, "
+                "Argument 'laterality' must be 'left', 'right', 'bilateral' or None, "
                 f"got {self.laterality!r}."
             )
         if not self.tracking_id:

@@ -40,6 +40,7 @@ SegType = Literal["binary", "labelmap"]
 _LATERALITY = {
     "left": hd.sr.CodedConcept("7771000", "SCT", "Left"),
     "right": hd.sr.CodedConcept("24028007", "SCT", "Right"),
+    "bilateral": hd.sr.CodedConcept("51440002", "SCT", "Bilateral"),
 }
 _TOLERANCE_VOXELS = 0.05
 
@@ -210,6 +211,7 @@ def _segment_description(
         tracking_uid=segment_tracking_uid(source_series_uid, algorithm, info.number),
         tracking_id=info.tracking_id,
         display_color=hd.color.CIELabColor.from_rgb(*info.rgb),
+        anatomic_regions=[_code(info.region)] if info.region else None,
     )
     if info.laterality is not None:
         modifier = desc.SegmentedPropertyTypeCodeSequence[0]

@@ -7,7 +7,8 @@ One volumetric measurement group (TID 1411) per structure measured:
 - ``Referenced Segment``: the SEG SOP instance + segment number, with the
   source series;
 - finding type, category and finding site (with laterality SCT 7771000 /
-  24028007) from the structure's codes;
+  24028007 / 51440002) from the structure's codes; the finding site is the
+  structure's anatomic region where it has one (a fat depot), else its type;
 - ``Volume`` (SCT 118565006) in ``cm3``, method DCM 126030 "Sum of segmented
   voxel volumes";
 - CT only: ``Attenuation Coefficient`` (DCM 112031) in UCUM ``[hnsf'U]`` with
@@ -53,6 +54,7 @@ _SUM_OF_VOXEL_VOLUMES = hd.sr.CodedConcept("126030", "DCM", "Sum of segmented vo
 _LATERALITY = {
     "left": hd.sr.CodedConcept("7771000", "SCT", "Left"),
     "right": hd.sr.CodedConcept("24028007", "SCT", "Right"),
+    "bilateral": hd.sr.CodedConcept("51440002", "SCT", "Bilateral"),
 }
 _PROCEDURES = {
     "CT": hd.sr.CodedConcept("77477000", "SCT", "Computed tomography"),
@@ -121,7 +123,8 @@ def _group(
         ),
         finding_type=_code(info.type_code),
         finding_category=_code(info.category_code),
-        finding_sites=[hd.sr.FindingSite(_code(info.type_code), laterality=laterality)],
+        finding_sites=[hd.sr.FindingSite(_code(info.region or info.type_code),
+                                         laterality=laterality)],
         algorithm_id=hd.sr.AlgorithmIdentification(
             name=algorithm.name,
             version=algorithm.version,

@@ -21,13 +21,12 @@ from .labels import (
     table_from_dataset_json,
 )
 from .packs import DEMO_PACK_NAME, ModelPack, load_pack
-from .store import KNOWN_RELEASES, ModelStore
+from .store import ModelStore
 
 __all__ = [
     "ANATOMICAL_STRUCTURE",
     "Code",
     "DEMO_PACK_NAME",
-    "KNOWN_RELEASES",
     "LabelTable",
     "MRSEGMENTATOR",
     "ModelPack",

@@ -10,7 +10,9 @@ name, SNOMED CT code, laterality and display colour::
       3: {name: fat, code: "55603005", meaning: Fat,
           category: {code: "85756007", meaning: Tissue}, colour: [230, 220, 120]}
 
-``category`` defaults to SCT 91723000 "Anatomical Structure". Every code must
+``category`` defaults to SCT 91723000 "Anatomical Structure";
+``laterality`` is left, right or bilateral; ``region`` (optional, a code and
+meaning like ``category``) is the anatomic region of a tissue class. Every code must
 be a valid SNOMED CT concept identifier (:mod:`model.sctid`), left/right
 pairs share the code, colours are unique, and the values must be exactly the
 model's own (``dataset.json``, background excluded). Any problem is refused
@@ -20,6 +22,7 @@ with the file, the label and what is wrong.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -31,12 +34,14 @@ from segnode_errors import ModelError
 from .labels import ANATOMICAL_STRUCTURE, Code, LabelTable, Structure
 from .sctid import is_valid_sctid
 
-__all__ = ["LABELS_JSON", "read_label_file", "write_label_json", "read_label_json"]
+__all__ = ["LABELS_JSON", "read_label_file", "table_from_entries", "write_label_json",
+           "read_label_json"]
 
 #: The normalised label table inside a pack folder.
 LABELS_JSON = "labels.json"
 
-_KEYS = {"name", "code", "meaning", "laterality", "colour", "category"}
+_KEYS = {"name", "code", "meaning", "laterality", "colour", "category", "region"}
+_LATERALITIES = (None, "left", "right", "bilateral")
 
 
 def _code(value: Any, meaning: Any, where: str) -> Code:
@@ -67,19 +72,23 @@ def _structure(value: int, entry: Any, where: str) -> Structure:
     if not name:
         raise ModelError(f"{where}: 'name' is missing.")
     laterality = entry.get("laterality")
-    if laterality not in (None, "left", "right"):
-        raise ModelError(f"{where}: 'laterality' must be left, right or absent, "
+    if laterality not in _LATERALITIES:
+        raise ModelError(f"{where}: 'laterality' must be left, right, bilateral or absent, "
                          f"got {laterality!r}.")
-    category = entry.get("category")
-    category_code = ANATOMICAL_STRUCTURE
-    if category is not None:
-        if not isinstance(category, Mapping):
-            raise ModelError(f"{where}: 'category' must be a mapping with code and meaning.")
-        category_code = _code(category.get("code"), category.get("meaning"), f"{where} category")
     return Structure(index=value, name=name,
                      type_code=_code(entry.get("code"), entry.get("meaning"), where),
                      laterality=laterality, rgb=_colour(entry.get("colour"), where),
-                     category=category_code)
+                     category=_nested_code(entry, "category", where) or ANATOMICAL_STRUCTURE,
+                     region=_nested_code(entry, "region", where))
+
+
+def _nested_code(entry: Mapping[str, Any], key: str, where: str) -> Code | None:
+    value = entry.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or set(value) - {"code", "meaning"}:
+        raise ModelError(f"{where}: '{key}' must be a mapping with code and meaning.")
+    return _code(value.get("code"), value.get("meaning"), f"{where} {key}")
 
 
 def _check_table(structures: list[Structure], source: str) -> None:
@@ -91,13 +100,47 @@ def _check_table(structures: list[Structure], source: str) -> None:
                              f"{list(structure.rgb)}; every structure needs its own.")
     by_name = {s.name: s for s in structures}
     for structure in structures:
-        if structure.laterality is None:
+        side = _side_in_name(structure.name)
+        if side is not None and structure.laterality != side:
+            raise ModelError(f"{source}: '{structure.name}' names the {side} side but its "
+                             f"laterality is {structure.laterality or 'absent'}.")
+        if structure.laterality not in ("left", "right"):
             continue
         opposite = "right" if structure.laterality == "left" else "left"
         twin = by_name.get(structure.name.replace(structure.laterality, opposite))
         if twin is not None and twin.type_code.value != structure.type_code.value:
             raise ModelError(f"{source}: '{structure.name}' and '{twin.name}' must share their "
                              "code and differ only in laterality.")
+
+
+def _side_in_name(name: str) -> str | None:
+    words = set(re.split(r"[^a-z]+", name.lower()))
+    sides = words & {"left", "right"}
+    return sides.pop() if len(sides) == 1 else None
+
+
+def table_from_entries(entries: Any, source: str, *, name: str) -> LabelTable:
+    """Validate a ``labels`` mapping (value -> entry) and build its label table.
+
+    ``source`` names where the entries come from in every error message.
+
+    Raises
+    ------
+    ModelError
+        When an entry is invalid, colours repeat or left/right twins differ in code.
+    """
+    if not isinstance(entries, Mapping) or not entries:
+        raise ModelError(f"'{source}' must hold a non-empty 'labels' mapping.")
+    structures = []
+    for key, entry in entries.items():
+        if isinstance(key, bool) or not isinstance(key, int) or key < 1:
+            raise ModelError(f"{source}: label value {key!r} must be an integer >= 1.")
+        structures.append(_structure(key, entry, f"{source}: label {key}"))
+    _check_table(structures, source)
+    try:
+        return LabelTable(name, structures)
+    except ValueError as exc:
+        raise ModelError(f"{source}: {exc}") from None
 
 
 def read_label_file(path: Path, model_labels: Mapping[str, int], *, name: str) -> LabelTable:
@@ -117,23 +160,15 @@ def read_label_file(path: Path, model_labels: Mapping[str, int], *, name: str) -
     entries = raw.get("labels") if isinstance(raw, Mapping) else None
     if not isinstance(entries, Mapping) or not entries:
         raise ModelError(f"Label file '{path}' must hold a non-empty 'labels' mapping.")
-    structures = []
-    for key, entry in entries.items():
-        if isinstance(key, bool) or not isinstance(key, int) or key < 1:
-            raise ModelError(f"{path}: label value {key!r} must be an integer >= 1.")
-        structures.append(_structure(key, entry, f"{path}: label {key}"))
+    table = table_from_entries(entries, str(path), name=name)
     expected = {int(v) for k, v in model_labels.items()
                 if isinstance(v, int) and v != 0 and k.lower() != "ignore"}
-    given = {s.index for s in structures}
+    given = {s.index for s in table.structures}
     if given != expected:
         raise ModelError(f"{path}: label values {sorted(given)} differ from the model's "
                          f"dataset.json {sorted(expected)} (missing: "
                          f"{sorted(expected - given)}, extra: {sorted(given - expected)}).")
-    _check_table(structures, str(path))
-    try:
-        return LabelTable(name, structures)
-    except ValueError as exc:
-        raise ModelError(f"{path}: {exc}") from None
+    return table
 
 
 def _code_dict(code: Code) -> dict[str, str]:
@@ -144,7 +179,8 @@ def write_label_json(table: LabelTable, path: Path) -> None:
     """Store a label table as the pack's ``labels.json``."""
     rows = [{"index": s.index, "name": s.name, "type_code": _code_dict(s.type_code),
              "category": _code_dict(s.category), "laterality": s.laterality,
-             "rgb": list(s.rgb)} for s in table.structures]
+             "rgb": list(s.rgb), "region": _code_dict(s.region) if s.region else None}
+            for s in table.structures]
     Path(path).write_text(json.dumps({"structures": rows}, indent=2) + "\n", encoding="utf-8")
 
 
@@ -155,7 +191,8 @@ def read_label_json(path: Path, *, name: str) -> LabelTable:
         return LabelTable(name, [
             Structure(index=int(r["index"]), name=str(r["name"]),
                       type_code=Code(**r["type_code"]), category=Code(**r["category"]),
-                      laterality=r["laterality"], rgb=tuple(r["rgb"]))
+                      laterality=r["laterality"], rgb=tuple(r["rgb"]),
+                      region=Code(**r["region"]) if r.get("region") else None)
             for r in rows])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ModelError(f"Label table '{path}' is damaged: {exc}") from None

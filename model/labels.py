@@ -37,6 +37,7 @@ __all__ = [
     "Structure",
     "LabelTable",
     "ANATOMICAL_STRUCTURE",
+    "BILATERAL",
     "LEFT",
     "RIGHT",
     "MRSEGMENTATOR",
@@ -48,7 +49,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
 
-Laterality = Literal["left", "right"]
+Laterality = Literal["left", "right", "bilateral"]
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,8 @@ class Code:
 ANATOMICAL_STRUCTURE = Code("91723000", "SCT", "Anatomical Structure")
 LEFT = Code("7771000", "SCT", "Left")
 RIGHT = Code("24028007", "SCT", "Right")
+BILATERAL = Code("51440002", "SCT", "Bilateral")
+_LATERALITY_CODES = {"left": LEFT, "right": RIGHT, "bilateral": BILATERAL}
 
 
 @dataclass(frozen=True)
@@ -87,7 +90,7 @@ class Structure:
         Label name, snake_case as MRSegmentator writes it (``right_kidney``).
     type_code : Code
         Segmented property type (SNOMED CT), without laterality.
-    laterality : {"left", "right"} or None
+    laterality : {"left", "right", "bilateral"} or None
         Laterality, written as a type modifier code.
     rgb : tuple of int
         Recommended display colour, 0..255 per channel (R, G, B).
@@ -95,6 +98,9 @@ class Structure:
         Segmented property category, SCT 91723000 "Anatomical Structure".
     known : bool
         False when the name matched no built-in table (generic coding).
+    region : Code or None
+        Anatomic region, for tissue classes told apart by where they are
+        (abdominal vs gluteofemoral subcutaneous fat).
     """
 
     index: int
@@ -104,13 +110,12 @@ class Structure:
     rgb: tuple[int, int, int]
     category: Code = ANATOMICAL_STRUCTURE
     known: bool = True
+    region: Code | None = None
 
     @property
     def laterality_code(self) -> Code | None:
         """Code: the type modifier code for the laterality, or None."""
-        if self.laterality is None:
-            return None
-        return LEFT if self.laterality == "left" else RIGHT
+        return None if self.laterality is None else _LATERALITY_CODES[self.laterality]
 
     @property
     def label(self) -> str:

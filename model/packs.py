@@ -1,23 +1,33 @@
-"""Model packs: an nnU-Net v2 trained model folder plus segnode's metadata.
+"""Model packs: one or more nnU-Net v2 trained model folders plus segnode's metadata.
 
-A pack folder is exactly what nnU-Net writes after training (and what
-MRSegmentator's release zip holds)::
+A single-model pack folder is exactly what nnU-Net writes after training
+(and what MRSegmentator's release zip holds)::
 
     plans.json
     dataset.json
     fold_0/checkpoint_final.pth     (one or more fold_N, or fold_all)
     segnode.json                    (optional, segnode's metadata)
+    labels.json                     (optional, the pack's own label table)
     .segnode-weights.json           (cache of the checkpoint SHA-256s)
 
+A pack installed from the catalogue (:mod:`model.catalogue`) holds one
+nnU-Net folder per model, named by the model's id, next to ``segnode.json``
+and ``labels.json``; ``segnode.json``'s ``models`` list names them, their
+trainer and configuration, and how each model's label values map onto the
+pack's (later models overwrite earlier ones where they found a structure,
+as TotalSegmentator merges its parts).
+
 ``segnode.json`` holds ``{"name", "version", "description",
-"input_orientation", "licence", "checkpoints", "archive_sha256"}``;
-``checkpoints`` maps each checkpoint to the SHA-256 recorded when the pack
-was installed (``segnode models verify`` compares against it).
+"input_orientation", "licence", "modalities", "regions", "settings",
+"models", "checkpoints", "archives"}``; ``checkpoints`` maps each checkpoint
+(path relative to the pack) to the SHA-256 recorded when the pack was
+installed (``segnode models verify`` compares against it).
 ``input_orientation`` is the ITK-style code of the orientation the model
-was trained in (see :mod:`model._nnunet`); it defaults
-to ``"LPS"``, which is what MRSegmentator reorients to. Without a
-``segnode.json`` the version is taken from MRSegmentator's ``version.json``
-(``weights_version``) if present.
+was trained in (see :mod:`model._nnunet`); it defaults to ``"LPS"``, which
+is what MRSegmentator reorients to. ``settings`` holds the recommended
+``folds`` and ``tile_step_size`` per device type (``cpu``, ``cuda``).
+Without a ``segnode.json`` the version is taken from MRSegmentator's
+``version.json`` (``weights_version``) if present.
 
 The built-in demo model (``model/demo_model``) is the pack named ``"demo"``.
 """
@@ -29,7 +39,8 @@ import json
 import logging
 import os
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +55,9 @@ __all__ = [
     "DEMO_PACK_DIR",
     "DEMO_PACK_NAME",
     "METADATA_FILE",
+    "InferenceDefaults",
     "ModelPack",
+    "NnunetModel",
     "checkpoint_hashes",
     "find_folds",
     "is_nnunet_folder",
@@ -63,13 +76,57 @@ DEMO_PACK_NAME = "demo"
 DEMO_PACK_DIR = Path(__file__).resolve().parent / "demo_model"
 _SHA_CACHE = ".segnode-weights.json"
 _FOLD_RE = re.compile(r"^fold_(\d+|all)$")
+_DEVICE_TYPES = ("cpu", "cuda")
 
 Fold = int | str
 
 
 @dataclass(frozen=True)
+class NnunetModel:
+    """One nnU-Net v2 trained model folder of a pack.
+
+    Attributes
+    ----------
+    id : str
+        Short name of the model inside its pack (``"organs"``); ``"model"``
+        for a single-model pack.
+    folder : pathlib.Path
+        The nnU-Net model folder (holds ``plans.json``).
+    folds : tuple of int or str
+        Folds with a checkpoint, ascending; ``"all"`` last.
+    checkpoint_name : str
+        File name of each fold's checkpoint.
+    trainer, configuration : str or None
+        What the pack declares the checkpoints were trained with; the engine
+        refuses checkpoints that say otherwise. None: not declared.
+    label_map : tuple of (int, int)
+        Model label value -> pack label value; empty means the same values.
+    """
+
+    id: str
+    folder: Path
+    folds: tuple[Fold, ...]
+    checkpoint_name: str = CHECKPOINT_NAME
+    trainer: str | None = None
+    configuration: str | None = None
+    label_map: tuple[tuple[int, int], ...] = ()
+
+    def checkpoint(self, fold: Fold) -> Path:
+        """Return the checkpoint path of ``fold``."""
+        return self.folder / f"fold_{fold}" / self.checkpoint_name
+
+
+@dataclass(frozen=True)
+class InferenceDefaults:
+    """Recommended inference settings of a pack for one device type."""
+
+    folds: tuple[Fold, ...] | None = None
+    tile_step_size: float | None = None
+
+
+@dataclass(frozen=True)
 class ModelPack:
-    """A loadable nnU-Net v2 model folder and what segnode knows about it.
+    """A loadable model pack and what segnode knows about it.
 
     Attributes
     ----------
@@ -78,37 +135,48 @@ class ModelPack:
     version : str
         Model version (e.g. the release's weights version).
     folder : pathlib.Path
-        The nnU-Net model folder (holds ``plans.json``).
-    folds : tuple of int or str
-        Folds with a ``checkpoint_final.pth``, ascending; ``"all"`` last.
+        The pack folder (for a single-model pack, the nnU-Net folder itself).
+    models : tuple of NnunetModel
+        The nnU-Net models, in the order their outputs are merged.
     labels : LabelTable
-        Label index -> structure, from ``dataset.json``.
+        Pack label value -> structure.
     weights_sha256 : str
         SHA-256 over all checkpoints (see :func:`weights_sha256`).
     input_orientation : str
-        ITK-style orientation the model expects, e.g. ``"LPS"``.
+        ITK-style orientation the models expect, e.g. ``"LPS"``.
     description : str
         Free text.
     builtin : bool
         True for the demo pack shipped inside the package.
     licence : str
         Licence of the weights, as the pack states it ("" when unknown).
+    modalities : tuple of str
+        Modalities the pack is meant for (empty: not stated).
+    regions : tuple of str
+        Body regions the pack is meant for (free text, empty: not stated).
+    defaults : dict of str to InferenceDefaults
+        Recommended settings per device type (``"cpu"``, ``"cuda"``).
     """
 
     name: str
     version: str
     folder: Path
-    folds: tuple[Fold, ...]
+    models: tuple[NnunetModel, ...]
     labels: LabelTable
     weights_sha256: str
     input_orientation: str
     description: str
     builtin: bool = False
     licence: str = ""
+    modalities: tuple[str, ...] = ()
+    regions: tuple[str, ...] = ()
+    defaults: Mapping[str, InferenceDefaults] = field(default_factory=dict)
 
-    def checkpoint(self, fold: Fold) -> Path:
-        """Return the checkpoint path of ``fold``."""
-        return self.folder / f"fold_{fold}" / CHECKPOINT_NAME
+    @property
+    def folds(self) -> tuple[Fold, ...]:
+        """Folds every model of the pack has."""
+        common = [f for f in self.models[0].folds if all(f in m.folds for m in self.models)]
+        return tuple(common)
 
     def info(self) -> dict[str, Any]:
         """Return a JSON-serialisable summary (for ``segnode models list``)."""
@@ -116,6 +184,7 @@ class ModelPack:
             "name": self.name,
             "version": self.version,
             "folder": str(self.folder),
+            "models": [m.id for m in self.models],
             "folds": list(self.folds),
             "structures": len(self.labels),
             "weights_sha256": self.weights_sha256,
@@ -123,16 +192,20 @@ class ModelPack:
             "description": self.description,
             "builtin": self.builtin,
             "licence": self.licence,
+            "modalities": list(self.modalities),
+            "regions": list(self.regions),
         }
 
 
-def find_folds(folder: Path) -> tuple[Fold, ...]:
-    """Return the folds of ``folder`` that have a ``checkpoint_final.pth``.
+def find_folds(folder: Path, checkpoint_name: str = CHECKPOINT_NAME) -> tuple[Fold, ...]:
+    """Return the folds of ``folder`` that have a checkpoint.
 
     Parameters
     ----------
     folder : pathlib.Path
         An nnU-Net model folder.
+    checkpoint_name : str, optional
+        File name of the checkpoints (``checkpoint_final.pth``).
 
     Returns
     -------
@@ -144,17 +217,17 @@ def find_folds(folder: Path) -> tuple[Fold, ...]:
         return ()
     for child in folder.iterdir():
         match = _FOLD_RE.match(child.name)
-        if match and (child / CHECKPOINT_NAME).is_file():
+        if match and (child / checkpoint_name).is_file():
             folds.append("all" if match.group(1) == "all" else int(match.group(1)))
     return tuple(sorted(folds, key=lambda f: (isinstance(f, str), f if isinstance(f, int) else 0)))
 
 
-def is_nnunet_folder(folder: Path) -> bool:
+def is_nnunet_folder(folder: Path, checkpoint_name: str = CHECKPOINT_NAME) -> bool:
     """True if ``folder`` holds plans.json, dataset.json and at least one fold checkpoint."""
     return (
         (folder / "plans.json").is_file()
         and (folder / "dataset.json").is_file()
-        and bool(find_folds(folder))
+        and bool(find_folds(folder, checkpoint_name))
     )
 
 
@@ -195,15 +268,26 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def checkpoint_hashes(folder: Path, folds: tuple[Fold, ...] | None = None, *,
-                      fresh: bool = False) -> dict[str, str]:
-    """SHA-256 of each fold's checkpoint, keyed by its path relative to ``folder``.
+def _checkpoint_files(folder: Path, models: tuple[NnunetModel, ...] | None) -> list[str]:
+    """Checkpoint paths relative to the pack folder, in model then fold order."""
+    if models is None:
+        return [f"fold_{fold}/{CHECKPOINT_NAME}" for fold in find_folds(folder)]
+    files = []
+    for model in models:
+        for fold in model.folds:
+            files.append(model.checkpoint(fold).relative_to(folder).as_posix())
+    return files
 
-    Per-file hashes are cached in ``.segnode-weights.json`` keyed by size and
-    mtime; ``fresh`` reads every file again (``segnode models verify``). A
-    read-only folder is hashed every time.
+
+def checkpoint_hashes(folder: Path, models: tuple[NnunetModel, ...] | None = None, *,
+                      fresh: bool = False) -> dict[str, str]:
+    """SHA-256 of each checkpoint of the pack in ``folder``, keyed by path relative to it.
+
+    ``models`` are the pack's models (default: ``folder`` is one nnU-Net
+    folder). Per-file hashes are cached in ``.segnode-weights.json`` keyed by
+    size and mtime; ``fresh`` reads every file again (``segnode models
+    verify``). A read-only folder is hashed every time.
     """
-    folds = find_folds(folder) if folds is None else folds
     cache_path = folder / _SHA_CACHE
     try:
         cache = json.loads(cache_path.read_text(encoding="utf-8")) if cache_path.is_file() else {}
@@ -211,8 +295,7 @@ def checkpoint_hashes(folder: Path, folds: tuple[Fold, ...] | None = None, *,
         cache = {}
     files = cache.get("files", {}) if isinstance(cache, dict) else {}
     hashes, changed = {}, False
-    for fold in folds:
-        rel = f"fold_{fold}/{CHECKPOINT_NAME}"
+    for rel in _checkpoint_files(folder, models):
         stat = (folder / rel).stat()
         entry = files.get(rel)
         cached = not fresh and entry and (entry.get("size"), entry.get("mtime_ns")) == (
@@ -232,25 +315,25 @@ def checkpoint_hashes(folder: Path, folds: tuple[Fold, ...] | None = None, *,
     return hashes
 
 
-def weights_sha256(folder: Path, folds: tuple[Fold, ...] | None = None) -> str:
+def weights_sha256(folder: Path, models: tuple[NnunetModel, ...] | None = None) -> str:
     """SHA-256 identifying a pack's weights, computed once and cached.
 
     The value is the SHA-256 of the lines ``"<relative path>  <file sha256>\n"``
-    for each fold's checkpoint in fold order (``sha256sum`` format).
+    for each checkpoint in model and fold order (``sha256sum`` format).
 
     Parameters
     ----------
     folder : pathlib.Path
         A pack folder.
-    folds : tuple, optional
-        Folds to include; all available folds when omitted.
+    models : tuple of NnunetModel, optional
+        The pack's models; default: ``folder`` is one nnU-Net folder.
 
     Returns
     -------
     str
         64 lowercase hex digits.
     """
-    lines = [f"{rel}  {sha}\n" for rel, sha in checkpoint_hashes(folder, folds).items()]
+    lines = [f"{rel}  {sha}\n" for rel, sha in checkpoint_hashes(folder, models).items()]
     return hashlib.sha256("".join(lines).encode()).hexdigest()
 
 
@@ -263,7 +346,7 @@ def verify_checkpoints(pack: ModelPack) -> list[str]:
     recorded = _read_json(meta_path).get("checkpoints") if meta_path.is_file() else None
     if not isinstance(recorded, dict) or not recorded:
         return [f"{pack.name}: no checkpoint hashes recorded (install it again to record them)"]
-    current = checkpoint_hashes(pack.folder, fresh=True)
+    current = checkpoint_hashes(pack.folder, pack.models, fresh=True)
     problems = []
     for rel, expected in sorted(recorded.items()):
         received = current.get(rel)
@@ -278,12 +361,14 @@ def verify_checkpoints(pack: ModelPack) -> list[str]:
 
 
 def load_pack(folder: Path | str, *, name: str | None = None, builtin: bool = False) -> ModelPack:
-    """Load a model pack from an nnU-Net v2 trained model folder.
+    """Load a model pack: one nnU-Net v2 model folder, or a multi-model pack folder.
 
     Parameters
     ----------
     folder : pathlib.Path or str
-        Folder holding ``plans.json``, ``dataset.json`` and ``fold_N/checkpoint_final.pth``.
+        An nnU-Net folder (``plans.json``, ``dataset.json``,
+        ``fold_N/checkpoint_final.pth``) or a pack folder whose
+        ``segnode.json`` lists its ``models``.
     name : str, optional
         Pack name; default: ``segnode.json``'s ``name``, else the folder name.
     builtin : bool, optional
@@ -296,36 +381,112 @@ def load_pack(folder: Path | str, *, name: str | None = None, builtin: bool = Fa
     Raises
     ------
     ModelError
-        If the folder is not a complete nnU-Net model folder or its metadata is invalid.
+        If a model folder is incomplete or the metadata is invalid.
     """
     folder = Path(folder).resolve()
-    if not is_nnunet_folder(folder):
+    meta_path = folder / METADATA_FILE
+    meta = _read_json(meta_path) if meta_path.is_file() else {}
+    if "models" in meta:
+        models = _declared_models(folder, meta["models"])
+    elif is_nnunet_folder(folder):
+        models = (NnunetModel(id="model", folder=folder, folds=find_folds(folder)),)
+    else:
         raise ModelError(
             f"'{folder}' is not an nnU-Net v2 model folder - expected plans.json, dataset.json "
             f"and fold_N/{CHECKPOINT_NAME}."
         )
-    meta = _read_json(folder / METADATA_FILE) if (folder / METADATA_FILE).is_file() else {}
     pack_name = name or str(meta.get("name") or folder.name)
-    dataset = _read_json(folder / "dataset.json")
-    labels = dataset.get("labels")
-    if not isinstance(labels, dict):
-        raise ModelError(f"'{folder / 'dataset.json'}' has no 'labels' object.")
-    folds = find_folds(folder)
-    own_table = folder / LABELS_JSON  # a site's own codes (segnode models add)
-    table = (read_label_json(own_table, name=pack_name) if own_table.is_file()
-             else table_from_dataset_json(labels, name=pack_name))
+    own_table = folder / LABELS_JSON  # the pack's own codes (catalogue, segnode models add)
+    if own_table.is_file():
+        table = read_label_json(own_table, name=pack_name)
+    elif len(models) == 1 and not models[0].label_map:
+        table = table_from_dataset_json(_dataset_labels(models[0].folder), name=pack_name)
+    else:
+        raise ModelError(f"Pack '{folder}' has several models but no {LABELS_JSON}.")
+    _check_label_values(pack_name, models, table)
     return ModelPack(
         name=pack_name,
         version=_version_of(folder, meta),
         folder=folder,
-        folds=folds,
+        models=models,
         labels=table,
-        weights_sha256=weights_sha256(folder, folds),
+        weights_sha256=weights_sha256(folder, models),
         input_orientation=validate_orientation(str(meta.get("input_orientation", "LPS"))),
         description=str(meta.get("description", "")),
         builtin=builtin,
         licence=str(meta.get("licence", "")),
+        modalities=tuple(str(m).upper() for m in meta.get("modalities", ())),
+        regions=tuple(str(r) for r in meta.get("regions", ())),
+        defaults=_defaults(meta.get("settings"), meta_path),
     )
+
+
+def _declared_models(folder: Path, entries: Any) -> tuple[NnunetModel, ...]:
+    where = folder / METADATA_FILE
+    if not isinstance(entries, list) or not entries:
+        raise ModelError(f"'{where}': 'models' must be a non-empty list.")
+    models = []
+    for number, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not entry.get("id") or not entry.get("folder"):
+            raise ModelError(f"'{where}': models.{number} needs 'id' and 'folder'.")
+        model_folder = (folder / str(entry["folder"])).resolve()
+        if folder not in model_folder.parents and model_folder != folder:
+            raise ModelError(f"'{where}': models.{number}.folder leaves the pack folder.")
+        checkpoint = str(entry.get("checkpoint") or CHECKPOINT_NAME)
+        if not is_nnunet_folder(model_folder, checkpoint):
+            raise ModelError(f"Model '{entry['id']}' of '{folder}' is incomplete: "
+                             f"'{model_folder}' needs plans.json, dataset.json and "
+                             f"fold_N/{checkpoint}.")
+        label_map = entry.get("label_map") or {}
+        try:
+            pairs = tuple(sorted((int(k), int(v)) for k, v in label_map.items()))
+        except (AttributeError, TypeError, ValueError):
+            raise ModelError(f"'{where}': models.{number}.label_map must map label values "
+                             "to label values.") from None
+        models.append(NnunetModel(
+            id=str(entry["id"]), folder=model_folder,
+            folds=find_folds(model_folder, checkpoint), checkpoint_name=checkpoint,
+            trainer=entry.get("trainer"), configuration=entry.get("configuration"),
+            label_map=pairs))
+    return tuple(models)
+
+
+def _dataset_labels(folder: Path) -> dict[str, Any]:
+    labels = _read_json(folder / "dataset.json").get("labels")
+    if not isinstance(labels, dict):
+        raise ModelError(f"'{folder / 'dataset.json'}' has no 'labels' object.")
+    return labels
+
+
+def _check_label_values(pack_name: str, models: tuple[NnunetModel, ...],
+                        table: LabelTable) -> None:
+    """Every model's labels land on a structure of the pack's table."""
+    for model in models:
+        values = {int(v) for k, v in _dataset_labels(model.folder).items()
+                  if isinstance(v, int) and v != 0 and k.lower() != "ignore"}
+        mapping = dict(model.label_map) or {v: v for v in values}
+        unmapped = sorted(values - set(mapping))
+        missing = sorted(v for v in mapping.values() if v not in table)
+        if unmapped or missing:
+            raise ModelError(
+                f"Pack '{pack_name}', model '{model.id}': dataset.json label value(s) "
+                f"{unmapped or missing} {'have no place in' if unmapped else 'map to no label of'}"
+                " the pack's label table.")
+
+
+def _defaults(settings: Any, where: Path) -> dict[str, InferenceDefaults]:
+    if settings is None:
+        return {}
+    if not isinstance(settings, dict) or set(settings) - set(_DEVICE_TYPES):
+        raise ModelError(f"'{where}': 'settings' must map {' / '.join(_DEVICE_TYPES)} to "
+                         "folds and tile_step_size.")
+    out = {}
+    for device, values in settings.items():
+        folds = values.get("folds")
+        out[device] = InferenceDefaults(
+            folds=None if folds is None else tuple(f if f == "all" else int(f) for f in folds),
+            tile_step_size=values.get("tile_step_size"))
+    return out
 
 
 def _version_of(folder: Path, meta: dict[str, Any]) -> str:

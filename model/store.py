@@ -1,13 +1,18 @@
 """The model store: installed model packs under one directory.
 
-Layout: ``<root>/<name>/`` is an nnU-Net model folder (see :mod:`model.packs`).
+Layout: ``<root>/<name>/`` is a pack folder (see :mod:`model.packs`).
 ``<root>/.tmp/`` holds downloads and extractions in progress; it is on the
 same filesystem, so a finished install is moved into place with one
 ``os.replace`` and nothing half-installed is ever visible under a pack name.
+Work folders of installs that were killed are removed by the next install.
 
-``install`` accepts a known release name (``mrsegmentator``), a local
-``.zip`` file, a ``file://``, ``http://`` or ``https://`` URL of a zip, or a
-local model folder (copied). ``resolve(None)`` is the built-in ``"demo"``
+``install`` accepts the name of a shipped pack descriptor
+(:mod:`model.descriptors`: ``mrsegmentator``, ``totalseg-mr``, ...), whose
+archives are downloaded, or taken from ``from_path`` (a zip, a folder
+holding the archives by their file names, or a folder with the unpacked
+models), and verified against the descriptor's SHA-256; or a local
+``.zip`` file, a ``file://``, ``http://`` or ``https://`` URL of a zip, or
+a local model folder (copied). ``resolve(None)`` is the built-in ``"demo"``
 pack: segnode never picks a model on its own; ``--model NAME`` selects
 another.
 """
@@ -17,72 +22,40 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import shutil
 import tempfile
 import urllib.parse
 import urllib.request
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 from segnode_errors import ModelError
 
 from ._nnunet import validate_orientation
+from .descriptors import Archive, ModelEntry, PackDescriptor, descriptor, descriptors
 from .label_file import LABELS_JSON, read_label_file, write_label_json
-from .labels import LabelTable
+from .labels import LabelTable, normalize_label_name
 from .packs import (
     DEMO_PACK_DIR,
     DEMO_PACK_NAME,
     ModelPack,
+    NnunetModel,
     checkpoint_hashes,
+    find_folds,
     is_nnunet_folder,
     load_pack,
     write_metadata,
 )
 
-__all__ = ["KNOWN_RELEASES", "KnownRelease", "ModelStore"]
+__all__ = ["ModelStore"]
 
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
 
 _CHUNK = 1 << 20
 _TIMEOUT_S = 60.0
-
-
-@dataclass(frozen=True)
-class KnownRelease:
-    """A published model release that ``install NAME`` fetches.
-
-    Attributes
-    ----------
-    name, version, url, sha256, input_orientation, licence, description : str
-        Pack metadata; ``sha256`` is the SHA-256 of the zip at ``url``.
-    source : str
-        Where ``url`` and ``sha256`` were taken from.
-    """
-
-    name: str
-    version: str
-    url: str
-    sha256: str
-    input_orientation: str
-    licence: str
-    description: str
-    source: str
-
-
-KNOWN_RELEASES: dict[str, KnownRelease] = {
-    "mrsegmentator": KnownRelease(
-        name="mrsegmentator",
-        version="1.2",
-        url="https://github.com/hhaentze/MRSegmentator/releases/download/v1.2.0/weights.zip",
-        sha256="dd26c1b511908a1f2a752b7fe8f5ca9c5603fc3e69fa52f57bf3ccdd52ceb286",
-        input_orientation="LPS",
-        licence="Apache-2.0",
-        description="MRSegmentator 40 structures, MR and CT (nnU-Net v2, 5 folds)",
-        source="hhaentze/MRSegmentator src/mrsegmentator/config.py MODEL_REGISTRY['base']",
-    ),
-}
+_WORK_RE = re.compile(r"^.+-pid(\d+)-[^-]+$")
 
 
 class ModelStore:
@@ -151,7 +124,7 @@ class ModelStore:
         if Path(name).is_dir():
             return load_pack(Path(name))
         known = [p.name for p in self.list()]
-        hint = " Run 'segnode models install NAME'." if name in KNOWN_RELEASES else ""
+        hint = f" Run 'segnode models install {name}'." if descriptor(name) else ""
         raise ModelError(
             f"Invalid 'model' value '{name}' - not an installed pack or a model folder; "
             f"installed: {known}.{hint}"
@@ -179,23 +152,30 @@ class ModelStore:
 
     def install(
         self, source: str, *, sha256: str | None = None, name: str | None = None,
-        labels: LabelTable | None = None,
+        labels: LabelTable | None = None, from_path: Path | None = None,
     ) -> ModelPack:
-        """Install a pack from a release name, zip file, URL or folder.
+        """Install a pack from a shipped descriptor, a zip file, a URL or a folder.
 
         Parameters
         ----------
         source : str
-            A key of :data:`KNOWN_RELEASES`, a ``.zip`` path, a ``file://`` /
-            ``http(s)://`` URL of a zip, or an nnU-Net model folder.
+            The name of a shipped pack descriptor (``segnode models
+            available``), a ``.zip`` path, a ``file://`` / ``http(s)://`` URL
+            of a zip, or an nnU-Net model folder.
         sha256 : str, optional
-            Expected SHA-256 (hex) of the zip; a known release's own value
-            is used when omitted. Without any, the computed hash is logged.
+            Expected SHA-256 (hex) of the zip. For a descriptor with one
+            archive it replaces the descriptor's value (for weights the
+            publisher gives no checksum for). Without any, the computed hash
+            is logged and recorded.
         name : str, optional
-            Pack name; default the release name, else the zip or folder stem.
+            Pack name; default the descriptor's name, else the zip or folder stem.
         labels : LabelTable, optional
             The pack's own label table (``segnode models add``), stored as
             ``labels.json`` instead of matching ``dataset.json`` names.
+        from_path : pathlib.Path, optional
+            Descriptor packs only: where the archives already are (a zip, a
+            folder holding them by file name, or a folder with the unpacked
+            model folders) instead of downloading them.
 
         Returns
         -------
@@ -206,33 +186,25 @@ class ModelStore:
         ------
         ModelError
             On download failure, checksum mismatch, or if the source is not
-            an nnU-Net model. Nothing is left under ``root/<name>`` then.
+            the model expected. Nothing is left under ``root/<name>`` then.
         """
-        release = KNOWN_RELEASES.get(source)
-        expected = (sha256 or (release.sha256 if release else None) or "").lower() or None
-        pack_name = name or (release.name if release else _stem(source))
+        known = descriptor(source)
+        if from_path is not None and known is None:
+            raise ModelError(f"'--from' needs the name of a shipped pack "
+                             f"({', '.join(sorted(descriptors()))}), received '{source}'.")
+        pack_name = name or (known.name if known else _stem(source))
         if not _valid_name(pack_name) or pack_name == DEMO_PACK_NAME:
             raise ModelError(f"Invalid pack name '{pack_name}' - use letters, digits, '-', '_', "
                              f"'.'; '{DEMO_PACK_NAME}' is reserved.")
         tmp_root = self._root / ".tmp"
         tmp_root.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=f"{pack_name}-", dir=tmp_root))
+        _remove_abandoned_work(tmp_root)
+        work = Path(tempfile.mkdtemp(prefix=f"{pack_name}-pid{os.getpid()}-", dir=tmp_root))
         try:
-            folder, archive_sha256 = self._stage(release.url if release else source, expected,
-                                                 work)
-            write_metadata(
-                folder, name=pack_name,
-                version=release.version if release else None,
-                description=release.description if release else None,
-                input_orientation=validate_orientation(
-                    release.input_orientation if release else _orientation_or_default(folder)),
-                licence=release.licence if release else None,
-                source=release.url if release else source,
-                archive_sha256=archive_sha256,
-                checkpoints=checkpoint_hashes(folder, fresh=True),
-            )
-            if labels is not None:
-                write_label_json(labels, folder / LABELS_JSON)
+            if known is not None:
+                folder = self._stage_descriptor(known, pack_name, from_path, sha256, work)
+            else:
+                folder = self._stage_folder(source, sha256, pack_name, labels, work)
             load_pack(folder, name=pack_name)  # validates labels, computes weight hashes
             self._move_into_place(folder, pack_name, work)
         finally:
@@ -242,6 +214,87 @@ class ModelStore:
         return pack
 
     # -- staging ------------------------------------------------------------
+
+    def _stage_folder(self, source: str, sha256: str | None, pack_name: str,
+                      labels: LabelTable | None, work: Path) -> Path:
+        """A single nnU-Net folder from a zip, URL or folder, with its metadata."""
+        folder, archive_sha256 = self._stage(source, (sha256 or "").lower() or None, work)
+        write_metadata(
+            folder, name=pack_name,
+            input_orientation=validate_orientation(_orientation_or_default(folder)),
+            source=source, archive_sha256=archive_sha256,
+            checkpoints=checkpoint_hashes(folder, fresh=True),
+        )
+        if labels is not None:
+            write_label_json(labels, folder / LABELS_JSON)
+        return folder
+
+    def _stage_descriptor(self, known: PackDescriptor, pack_name: str, from_path: Path | None,
+                          sha256: str | None, work: Path) -> Path:
+        """Fetch, verify and unpack a descriptor's archives; assemble the pack folder."""
+        if sha256 is not None and len(known.archives) != 1:
+            raise ModelError(f"'--sha256' names one archive, but '{known.name}' has "
+                             f"{len(known.archives)}: {', '.join(a.file for a in known.archives)}.")
+        if not known.commercial_use:
+            logger.warning("'%s' weights are licensed %s: non-commercial use only.",
+                           known.name, known.licence)
+        unpacked = work / "unpacked"
+        unpacked.mkdir()
+        archives: dict[str, str | None] = {}
+        if from_path is not None and Path(from_path).is_dir() and not all(
+                (Path(from_path) / a.file).is_file() for a in known.archives):
+            logger.warning("'%s' holds unpacked models, not the archives %s: no archive "
+                           "checksum can be checked.", from_path,
+                           ", ".join(a.file for a in known.archives))
+            shutil.copytree(from_path, unpacked, dirs_exist_ok=True)
+            archives = dict.fromkeys((a.file for a in known.archives), None)
+        else:
+            for archive in known.archives:
+                local = self._archive(known, archive, from_path, work)
+                expected = (sha256 or archive.sha256 or "").lower() or None
+                archives[archive.file] = _verify_sha256(local, expected, str(local))
+                _unzip(local, unpacked)
+        pack = work / "pack"
+        pack.mkdir()
+        entries = []
+        for entry in known.models:
+            model_folder = _locate_model(unpacked, entry, known.name)
+            _check_model(model_folder, entry, known)
+            os.replace(model_folder, pack / entry.id)
+            entries.append({
+                "id": entry.id, "folder": entry.id, "checkpoint": entry.checkpoint,
+                "trainer": entry.trainer, "configuration": entry.configuration,
+                "plans": entry.plans,
+                "label_map": {str(k): v for k, v in entry.label_map().items()},
+            })
+        write_label_json(known.label_table(), pack / LABELS_JSON)
+        models = tuple(NnunetModel(id=e["id"], folder=pack / e["id"],
+                                   folds=find_folds(pack / e["id"], e["checkpoint"]),
+                                   checkpoint_name=e["checkpoint"]) for e in entries)
+        write_metadata(pack, **known.metadata(), name=pack_name, models=entries,
+                       source=f"pack descriptor {known.name}", archives=archives,
+                       checkpoints=checkpoint_hashes(pack, models, fresh=True))
+        return pack
+
+    @staticmethod
+    def _archive(known: PackDescriptor, archive: Archive, from_path: Path | None,
+                 work: Path) -> Path:
+        """The local file of one archive: given, found in the folder given, or downloaded."""
+        if from_path is not None:
+            given = Path(from_path)
+            if given.is_dir():
+                return given / archive.file
+            if len(known.archives) > 1:
+                raise ModelError(f"'{known.name}' has {len(known.archives)} archives "
+                                 f"({', '.join(a.file for a in known.archives)}): give "
+                                 "'--from' a folder holding them.")
+            if not given.is_file():
+                raise ModelError(f"'{given}' does not exist.")
+            return given
+        if archive.url is None:
+            raise ModelError(f"'{known.name}' weights cannot be downloaded by segnode: "
+                             f"{known.manual_download}")
+        return _download(archive.url, work / archive.file)
 
     def _stage(self, source: str, expected: str | None, work: Path) -> tuple[Path, str | None]:
         """Fetch/verify/extract ``source`` inside ``work``; the model folder and zip SHA-256."""
@@ -257,8 +310,9 @@ class ModelStore:
         elif local.is_file():
             archive = local
         else:
-            raise ModelError(f"Invalid model source '{source}' - not a known release "
-                             f"({sorted(KNOWN_RELEASES)}), a zip file, a folder or a URL.")
+            raise ModelError(f"Invalid model source '{source}' - not a shipped pack "
+                             f"({', '.join(sorted(descriptors()))}), a zip file, a folder or a "
+                             "URL.")
         received = _verify_sha256(archive, expected, source)
         return _extract_model(archive, work / "unpacked"), received
 
@@ -269,6 +323,65 @@ class ModelStore:
             os.replace(target, old)
             logger.info("Replacing installed pack '%s'.", pack_name)
         os.replace(folder, target)
+
+
+def _remove_abandoned_work(tmp_root: Path) -> None:
+    """Delete work folders of installs whose process is gone (killed mid-install)."""
+    for child in tmp_root.iterdir():
+        match = _WORK_RE.match(child.name)
+        if match is None:
+            continue
+        try:
+            os.kill(int(match.group(1)), 0)
+        except ProcessLookupError:
+            logger.info("Removing '%s', left by an interrupted install.", child)
+            shutil.rmtree(child, ignore_errors=True)
+        except PermissionError:  # alive, another user's
+            continue
+
+
+def _locate_model(root: Path, entry: ModelEntry, pack: str) -> Path:
+    """The one folder under ``root`` matching ``entry.folder`` that is an nnU-Net model."""
+    if entry.folder == ".":
+        candidates = sorted(p.parent for p in root.rglob("plans.json"))
+    else:
+        candidates = sorted({*root.glob(entry.folder), *root.glob(f"**/{entry.folder}")})
+    found = [p for p in candidates if p.is_dir() and is_nnunet_folder(p, entry.checkpoint)]
+    if len(found) != 1:
+        listed = ", ".join(str(p.relative_to(root)) for p in found)
+        raise ModelError(
+            f"Pack '{pack}', model '{entry.id}': {len(found) or 'no'} nnU-Net model folder(s) "
+            f"matching '{entry.folder}' (plans.json, dataset.json, fold_N/{entry.checkpoint}) "
+            f"in the archive{': ' + listed if found else ''}."
+        )
+    return found[0]
+
+
+def _check_model(folder: Path, entry: ModelEntry, known: PackDescriptor) -> None:
+    """The model is the one the descriptor describes: plans, label values, folds."""
+    from .packs import _read_json
+
+    where = f"Pack '{known.name}', model '{entry.id}'"
+    plans_name = _read_json(folder / "plans.json").get("plans_name")
+    if entry.plans is not None and plans_name != entry.plans:
+        raise ModelError(f"{where}: plans.json is '{plans_name}', expected '{entry.plans}'.")
+    labels = _read_dataset_labels(folder)
+    values = sorted(v for k, v in labels.items() if isinstance(v, int) and v != 0)
+    if values != list(range(1, entry.label_count + 1)):
+        raise ModelError(f"{where}: dataset.json has label values {values}, expected "
+                         f"1..{entry.label_count}.")
+    table = known.label_table()
+    for label_name, value in labels.items():
+        if not isinstance(value, int) or value == 0:
+            continue
+        expected = table.by_index(value + entry.label_offset).name
+        if normalize_label_name(label_name) != normalize_label_name(expected):
+            logger.warning("%s: dataset.json calls label %d '%s'; the pack's table says '%s'.",
+                           where, value, label_name, expected)
+    missing = [f for f in entry.folds if f not in find_folds(folder, entry.checkpoint)]
+    if missing:
+        logger.warning("%s: fold(s) %s of the release are missing; installing the others.",
+                       where, missing)
 
 
 def _read_dataset_labels(folder: Path) -> dict[str, int]:
@@ -328,8 +441,8 @@ def _verify_sha256(archive: Path, expected: str | None, source: str) -> str:
     return received
 
 
-def _extract_model(archive: Path, target: Path) -> Path:
-    """Extract a zip safely and return the one folder holding an nnU-Net model."""
+def _unzip(archive: Path, target: Path) -> None:
+    """Extract a zip into ``target``, refusing absolute paths and ``..``."""
     try:
         with zipfile.ZipFile(archive) as zf:
             for member in zf.namelist():
@@ -339,6 +452,11 @@ def _extract_model(archive: Path, target: Path) -> Path:
             zf.extractall(target)
     except zipfile.BadZipFile as exc:
         raise ModelError(f"'{archive.name}' is not a valid zip file: {exc}") from exc
+
+
+def _extract_model(archive: Path, target: Path) -> Path:
+    """Extract a zip safely and return the one folder holding an nnU-Net model."""
+    _unzip(archive, target)
     candidates = sorted(p.parent for p in target.rglob("plans.json") if is_nnunet_folder(p.parent))
     if not candidates:
         raise ModelError(

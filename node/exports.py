@@ -44,6 +44,8 @@ def _segment_info(structure: Structure) -> SegmentInfo:
         laterality=structure.laterality,
         rgb=structure.rgb,
         tracking_id=structure.name,
+        region=(structure.region.value, structure.region.scheme, structure.region.meaning)
+        if structure.region else None,
     )
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from model.packs import DEMO_PACK_NAME, find_folds, load_pack, weights_sha256
-from model.store import KNOWN_RELEASES, ModelStore
+from model.store import ModelStore
 from segnode_errors import ModelError
 
 
@@ -163,13 +163,6 @@ def test_load_pack_rejects_bad_orientation(tmp_path: Path, make_tiny_model) -> N
     folder = make_tiny_model(tmp_path / "m", metadata={"input_orientation": "XYZ"})
     with pytest.raises(ModelError, match="input_orientation"):
         load_pack(folder)
-
-
-def test_known_release_mrsegmentator() -> None:
-    release = KNOWN_RELEASES["mrsegmentator"]
-    assert release.url.startswith("https://github.com/hhaentze/MRSegmentator/releases/")
-    assert len(release.sha256) == 64 and int(release.sha256, 16) >= 0
-    assert release.input_orientation == "LPS"
 
 
 def test_builtin_demo_pack_if_present() -> None:
