@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import highdicom as hd
 from pydicom.dataset import Dataset
@@ -34,6 +35,7 @@ from dicom_io.uids import derived_uid
 from segnode_errors import ExportError
 
 __all__ = [
+    "ReportPart",
     "INCOMPLETE_EVALUATION_NAME",
     "INCOMPLETE_EVALUATION_VALUE",
     "MEAN_HU_NAME",
@@ -60,6 +62,29 @@ _PROCEDURES = {
     "CT": hd.sr.CodedConcept("77477000", "SCT", "Computed tomography"),
     "MR": hd.sr.CodedConcept("113091000", "SCT", "Magnetic resonance imaging"),
 }
+
+
+@dataclass(frozen=True)
+class ReportPart:
+    """What one model contributes to the report: its SEG(s), structures and measurements.
+
+    Parameters
+    ----------
+    segs : sequence of pydicom.Dataset
+        The SEG(s) written by :func:`dicom_io.seg.build_seg` with ``algorithm``
+        (one per station series for stitched stations).
+    segments : sequence of SegmentInfo
+        Structure descriptions keyed by label value.
+    measurements : sequence of VolumeMeasurement
+        One per structure to report (``segment_number`` = label value).
+    algorithm : AlgorithmInfo
+        The model, as given to ``build_seg``.
+    """
+
+    segs: Sequence[Dataset]
+    segments: Sequence[SegmentInfo]
+    measurements: Sequence[VolumeMeasurement]
+    algorithm: AlgorithmInfo
 
 
 def _code(code: tuple[str, str, str]) -> hd.sr.CodedConcept:
@@ -197,77 +222,79 @@ def _observation_context(algorithm: AlgorithmInfo) -> hd.sr.ObservationContext:
     )
 
 
+def _reporter(parts: Sequence[ReportPart]) -> AlgorithmInfo:
+    """The algorithm the report is by: the one model, or all of them joined with '+'."""
+    if len(parts) == 1:
+        return parts[0].algorithm
+    return AlgorithmInfo(name="+".join(p.algorithm.name for p in parts),
+                         version="+".join(p.algorithm.version for p in parts),
+                         weights_sha256="+".join(p.algorithm.weights_sha256 for p in parts))
+
+
 def build_volumetry_sr(
-    seg: Dataset | Sequence[Dataset],
+    parts: Sequence[ReportPart],
     source_images: Sequence[Dataset],
-    segments: Sequence[SegmentInfo],
-    measurements: Sequence[VolumeMeasurement],
-    algorithm: AlgorithmInfo,
     *,
     series_number: int = 9002,
     series_description: str | None = None,
     findings: Sequence[CodeTuple] = (),
     uid_seed: str | None = None,
 ) -> hd.sr.Comprehensive3DSR:
-    """Build the TID 1500 volumetry report for one SEG, or for the SEGs of several stations.
+    """Build the TID 1500 volumetry report of one series for the SEGs of one or more models.
 
     Parameters
     ----------
-    seg : pydicom.Dataset or sequence of pydicom.Dataset
-        The SEG(s) written by :func:`dicom_io.seg.build_seg` for these sources
-        (their segments carry the TrackingUIDs the groups are matched by).
-        With several (one per station series), each structure references
-        the first SEG that holds it; all are in the evidence.
+    parts : sequence of ReportPart
+        One per model: its SEG(s) (their segments carry the TrackingUIDs the
+        groups are matched by), structures and measurements. Within a part
+        each structure references the first SEG that holds it; all SEGs are
+        in the evidence. Groups are in part order, then label order.
     source_images : sequence of pydicom.Dataset
         The source headers of every SEG; the evidence, study and patient come
         from them.
-    segments : sequence of SegmentInfo
-        Structure descriptions keyed by label value.
-    measurements : sequence of VolumeMeasurement
-        One per structure to report (``segment_number`` = label value).
-    algorithm : AlgorithmInfo
-        The model; must be the one given to ``build_seg``.
     series_number : int
         SeriesNumber of the SR.
     series_description : str, optional
-        Default ``"<model name> volumetry"``.
+        Default ``"<model name(s)> volumetry"``.
     findings : sequence of CodeTuple
         Values of "Quality Finding" (DCM 111052) about the whole report, e.g.
         :data:`STATION_GAP`; written in one TID 1501 group.
     uid_seed : str, optional
-        What the SR's UIDs derive from besides the model; default the
-        source series UID and the SEG's SOP Instance UID.
+        What the SR's UIDs derive from besides the models; default the
+        source series UID and the first SEG's SOP Instance UID.
 
     Returns
     -------
     highdicom.sr.Comprehensive3DSR
         Series and SOP Instance UIDs derive from ``uid_seed`` (or the source
-        series and SEG) and the model.
+        series and first SEG) and the models.
 
     Raises
     ------
     ExportError
-        If a measurement has no description or no segment in any SEG, or
-        there is nothing to report.
+        If a measurement has no description or no segment in its part's
+        SEGs, or there is nothing to report.
     """
-    if not measurements:
-        raise ExportError("Argument 'measurements' must not be empty.")
-    segs = [seg] if isinstance(seg, Dataset) else list(seg)
+    if not parts or not any(p.measurements for p in parts):
+        raise ExportError("Argument 'parts' must hold at least one measurement.")
+    reporter = _reporter(parts)
+    segs = [seg for part in parts for seg in part.segs]
     modality = str(source_images[0].Modality)
     seed = uid_seed or f"{source_images[0].SeriesInstanceUID}/{segs[0].SOPInstanceUID}"
+    groups = [group for part in parts for group in _groups(
+        part.segs, part.segments, part.measurements, part.algorithm, modality)]
     report = hd.sr.MeasurementReport(
-        observation_context=_observation_context(algorithm),
+        observation_context=_observation_context(reporter),
         procedure_reported=_PROCEDURES.get(modality, codes.SCT.ImagingProcedure),
-        imaging_measurements=[*_groups(segs, segments, measurements, algorithm, modality),
-                              *_finding_groups(findings, algorithm, seed)],
+        imaging_measurements=[*groups, *_finding_groups(findings, reporter, seed)],
     )
     sr = _build_sr(
-        source_images, segs, report, algorithm, uid_seed=uid_seed,
+        source_images, segs, report, reporter, uid_seed=uid_seed,
         series_number=series_number,
-        series_description=series_description or f"{algorithm.name} volumetry",
+        series_description=series_description or f"{reporter.name} volumetry",
     )
     logger.info("Built volumetry SR %s with %d groups for series %s",
-                sr.SOPInstanceUID, len(measurements), source_images[0].SeriesInstanceUID)
+                sr.SOPInstanceUID, len(groups), source_images[0].SeriesInstanceUID)
     return sr
 
 

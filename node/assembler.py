@@ -94,7 +94,8 @@ class Assembler:
 
     def _enqueue(self, db: Connection, rule: RuleConfig, series_uids: list[str],
                  study_uid: str) -> int:
-        job_id = self.queue.enqueue(series_uids[0], rule=rule.name, model=rule.model,
+        job_id = self.queue.enqueue(series_uids[0], rule=rule.name,
+                                    model=",".join(rule.model) or None,
                                     seg_type=rule.seg_type, destinations=rule.destinations,
                                     series_uids=tuple(series_uids), study_uid=study_uid, db=db)
         self.catalogue.set_series_job(db, series_uids, job_id)

@@ -17,7 +17,9 @@ logger = logging.getLogger("segnode")
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", help="model pack name or nnU-Net model folder (default: demo)")
+    parser.add_argument("--model", action="append",
+                        help="model pack name or nnU-Net model folder (default: demo); repeat "
+                             "for several packs (one SEG each, one SR for all)")
     parser.add_argument("--models-dir", type=Path, help="model store folder")
     parser.add_argument(
         "--device", default="auto", help="auto (CUDA if available, else CPU), cpu, cuda or cuda:N"

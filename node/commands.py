@@ -33,7 +33,7 @@ def _run_settings(args: argparse.Namespace) -> RunSettings:
     if args.dixon_contrast:
         stations["segment_contrast"] = args.dixon_contrast
     return RunSettings.build(
-        model=args.model,
+        models=tuple(args.model or ()),
         models_dir=_models_dir(args),
         device=args.device,
         seg_type=args.seg_type,

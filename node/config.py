@@ -34,6 +34,7 @@ from node.settings import (
     check_device,
     default_models_dir,
     format_validation_error,
+    pack_names,
 )
 from segnode_errors import ConfigError
 
@@ -188,13 +189,16 @@ class RuleConfig(_Strict):
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     match: RuleMatch = Field(default_factory=RuleMatch)
-    #: Model pack name or folder; ``null`` is the built-in demo model.
-    model: str | None = None
+    #: Model pack name or folder, or a list of them (one SEG per pack, one SR for
+    #: all); ``null`` is the built-in demo model.
+    model: tuple[str, ...] = ()
     seg_type: Literal["binary", "labelmap"] = "binary"
     destinations: tuple[str, ...] = ()
     #: Wait for the whole study (timing.study_quiet_s) and process the series this
     #: rule takes together, so that the stations of a whole-body scan are stitched.
     whole_study: bool = True
+
+    _check_model = field_validator("model", mode="before")(lambda v: pack_names(v))
 
 
 class RetryConfig(_Strict):

@@ -8,20 +8,23 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import highdicom as hd
 
 from dicom_io.content import AlgorithmInfo, SegmentInfo, VolumeMeasurement
 from dicom_io.seg import build_seg
-from dicom_io.sr import STATION_GAP, build_volumetry_sr
+from dicom_io.sr import STATION_GAP, ReportPart, build_volumetry_sr
 from dicom_io.stitch import Gap
 from dicom_io.volume import SeriesVolume
 from model.labels import LabelTable, Structure
 from model.packs import ModelPack
 from model.qc import QCFlag
 from model.volumetry import StructureMeasurement
-from node.outputs import SeriesOutputs, atomic_write_bytes
+from node.outputs import OutputNames, atomic_write_bytes
+
+if TYPE_CHECKING:
+    from node.pipeline import PackRun
 
 __all__ = [
     "segment_infos",
@@ -54,10 +57,11 @@ def segment_infos(table: LabelTable) -> list[SegmentInfo]:
     return [_segment_info(structure) for structure in table.structures]
 
 
-def table_row(measurement: StructureMeasurement, unit: str | None) -> dict[str, Any]:
-    """One row of ``volumes.csv`` / ``volumes.json``."""
+def table_row(measurement: StructureMeasurement, unit: str | None, model: str) -> dict[str, Any]:
+    """One row of ``volumes.csv`` / ``volumes.json``; ``model`` is the pack that measured it."""
     mean = measurement.mean_intensity
     return {
+        "model": model,
         "label": measurement.label,
         "structure": measurement.name,
         "voxel_count": measurement.voxel_count,
@@ -80,70 +84,80 @@ def gap_flag(gap: Gap, before: str, after: str) -> dict[str, Any]:
                        "structures there are missing or cut"}
 
 
+def _algorithm(pack: ModelPack) -> AlgorithmInfo:
+    return AlgorithmInfo(name=pack.name, version=pack.version, weights_sha256=pack.weights_sha256)
+
+
 def write_dicom_outputs(
     series: SeriesVolume,
-    labels: hd.Volume,
-    rows: Sequence[Mapping[str, Any]],
+    runs: Sequence[PackRun],
     *,
-    pack: ModelPack,
-    outputs: SeriesOutputs,
+    folder: Path,
+    names: OutputNames,
     seg_type: str,
 ) -> list[Path]:
-    """Build the SEG and the volumetry SR of one volume and write them atomically.
+    """Build one SEG per pack and one volumetry SR for them all; write them atomically.
 
-    Returns the paths written (none when no structure was found: a SEG must
-    hold at least one segment).
+    A pack that found no structure gets no SEG (a SEG must hold a segment);
+    with none found at all nothing is written.
     """
-    if not rows:
+    parts, written = [], []
+    for run in runs:
+        if not run.rows:
+            continue
+        algorithm = _algorithm(run.pack)
+        segments = segment_infos(run.pack.labels)
+        seg = build_seg(run.labels, series.source, segments, algorithm, seg_type=seg_type)
+        path = folder / names.seg(run.pack.name)
+        atomic_write_bytes(path, _encode(seg))
+        written.append(path)
+        parts.append(ReportPart([seg], segments, _measurements(run.rows), algorithm))
+    if not parts:
         return []
-    algorithm = AlgorithmInfo(
-        name=pack.name, version=pack.version, weights_sha256=pack.weights_sha256
-    )
-    segments = segment_infos(pack.labels)
-    seg = build_seg(labels, series.source, segments, algorithm, seg_type=seg_type)
-    sr = build_volumetry_sr(seg, series.source, segments, _measurements(rows), algorithm)
-    atomic_write_bytes(outputs.seg, _encode(seg))
-    atomic_write_bytes(outputs.sr, _encode(sr))
-    return [outputs.seg, outputs.sr]
+    sr = build_volumetry_sr(parts, series.source)
+    atomic_write_bytes(folder / names.sr, _encode(sr))
+    return [*written, folder / names.sr]
 
 
 def write_station_outputs(
     stations: Sequence[SeriesVolume],
-    station_labels: Sequence[hd.Volume],
-    rows: Sequence[Mapping[str, Any]],
+    runs: Sequence[tuple[PackRun, Sequence[hd.Volume]]],
     *,
-    pack: ModelPack,
     folder: Path,
+    names: OutputNames,
     seg_type: str,
     gap: bool,
     uid_seed: str,
 ) -> list[Path]:
-    """One SEG per station series (``seg-<key>.dcm``) and one SR for them all (``sr.dcm``).
+    """Per pack one SEG per station series, and one SR for them all (``sr.dcm``).
 
-    ``rows`` were measured once on the stitched grid. Stations whose labels
-    are empty get no SEG (a SEG needs a segment). Each structure in the SR
-    references the first station SEG holding it, in the order given.
+    ``runs`` pairs each pack's run (rows measured once on the stitched grid)
+    with its labels on each station's grid, in the order of ``stations``.
+    Stations whose labels are empty get no SEG (a SEG needs a segment). Each
+    structure in the SR references the first station SEG of its pack holding it.
     """
-    if not rows:
-        return []
-    algorithm = AlgorithmInfo(
-        name=pack.name, version=pack.version, weights_sha256=pack.weights_sha256
-    )
-    segments = segment_infos(pack.labels)
-    written, segs, sources = [], [], []
-    for station, labels in zip(stations, station_labels, strict=True):
-        if not labels.array.any():
+    parts, written, sources = [], [], [s for station in stations for s in station.source]
+    for run, station_labels in runs:
+        if not run.rows:
             continue
-        seg = build_seg(labels, station.source, segments, algorithm, seg_type=seg_type)
-        path = folder / f"seg-{station.key}.dcm"
-        atomic_write_bytes(path, _encode(seg))
-        written.append(path)
-        segs.append(seg)
-        sources.extend(station.source)
-    sr = build_volumetry_sr(segs, sources, segments, _measurements(rows), algorithm,
-                            findings=[STATION_GAP] if gap else (), uid_seed=uid_seed)
-    atomic_write_bytes(folder / "sr.dcm", _encode(sr))
-    return [*written, folder / "sr.dcm"]
+        algorithm = _algorithm(run.pack)
+        segments = segment_infos(run.pack.labels)
+        segs = []
+        for station, labels in zip(stations, station_labels, strict=True):
+            if not labels.array.any():
+                continue
+            seg = build_seg(labels, station.source, segments, algorithm, seg_type=seg_type)
+            path = folder / names.seg(run.pack.name, station.key)
+            atomic_write_bytes(path, _encode(seg))
+            written.append(path)
+            segs.append(seg)
+        parts.append(ReportPart(segs, segments, _measurements(run.rows), algorithm))
+    if not parts:
+        return []
+    sr = build_volumetry_sr(parts, sources, findings=[STATION_GAP] if gap else (),
+                            uid_seed=uid_seed)
+    atomic_write_bytes(folder / names.sr, _encode(sr))
+    return [*written, folder / names.sr]
 
 
 def _measurements(rows: Sequence[Mapping[str, Any]]) -> list[VolumeMeasurement]:

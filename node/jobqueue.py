@@ -36,6 +36,7 @@ class Job:
     series_uids: tuple[str, ...]
     study_uid: str
     rule: str
+    #: The rule's pack names, comma-separated; None is the built-in demo.
     model: str | None
     seg_type: str
     destinations: tuple[str, ...]

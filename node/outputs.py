@@ -9,6 +9,11 @@ Layout, one folder per segmented volume under the run's output folder::
     OUTDIR/<key>/volumes.json    the same rows plus QC flags and provenance
     OUTDIR/<key>/manifest.json   written last: marks the folder complete
 
+A run with several packs writes ``seg-<pack>.dcm`` and ``labels-<pack>.nii.gz``
+per pack, one ``sr.dcm`` and one table for all (the ``model`` column says
+which pack measured a row). Stitched stations get one SEG per station series:
+``seg-<series key>.dcm`` (``seg-<pack>-<series key>.dcm`` with several packs).
+
 ``<key>`` is the SeriesInstanceUID (``<uid>.<n>`` for the n-th stack of a
 split series) or the NIfTI file's stem: never patient data.
 """
@@ -26,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "OutputNames",
     "SeriesOutputs",
     "TABLE_COLUMNS",
     "atomic_write_bytes",
@@ -33,6 +39,7 @@ __all__ = [
 ]
 
 TABLE_COLUMNS = (
+    "model",
     "label",
     "structure",
     "voxel_count",
@@ -69,22 +76,27 @@ def render_csv(rows: Iterable[Mapping[str, Any]]) -> str:
 
 
 @dataclass(frozen=True)
+class OutputNames:
+    """File names inside a series folder; named per pack when a run has several."""
+
+    per_pack: bool
+    sr: str = "sr.dcm"
+
+    def seg(self, pack: str, station: str | None = None) -> str:
+        """The SEG of ``pack`` (for one station series of stitched stations)."""
+        parts = ["seg", *([pack] if self.per_pack else []), *([station] if station else [])]
+        return "-".join(parts) + ".dcm"
+
+    def labels(self, pack: str) -> str:
+        """The label map of ``pack``."""
+        return f"labels-{pack}.nii.gz" if self.per_pack else "labels.nii.gz"
+
+
+@dataclass(frozen=True)
 class SeriesOutputs:
     """Paths of the outputs of one segmented volume."""
 
     folder: Path
-
-    @property
-    def seg(self) -> Path:
-        return self.folder / "seg.dcm"
-
-    @property
-    def sr(self) -> Path:
-        return self.folder / "sr.dcm"
-
-    @property
-    def labels(self) -> Path:
-        return self.folder / "labels.nii.gz"
 
     @property
     def table_csv(self) -> Path:

@@ -1,8 +1,8 @@
-"""One pipeline for every caller: series in, SEG + SR + label map + tables out.
+"""One pipeline for every caller: series in, SEG(s) + SR + label map(s) + tables out.
 
 ``segnode segment`` and the node's worker both use :class:`Pipeline`: it
-loads the model pack once and runs each volume through read → segment → QC →
-volumetry → write. Nothing here decodes DICOM or runs torch itself; it joins
+loads the model packs once and runs each volume through read → segment → QC →
+volumetry → write, for every pack. Nothing here decodes DICOM or runs torch itself; it joins
 :mod:`dicom_io` and :mod:`model`.
 """
 
@@ -26,11 +26,12 @@ from model.qc import check as run_qc
 from model.store import ModelStore
 from model.volumetry import measure
 from node import exports
-from node.outputs import SeriesOutputs
+from node.outputs import OutputNames, SeriesOutputs
 from node.progress import Progress
 from node.settings import RunSettings
+from segnode_errors import InputRejected
 
-__all__ = ["Pipeline", "VolumeResult"]
+__all__ = ["PackRun", "Pipeline", "VolumeResult"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,31 +48,55 @@ class VolumeResult:
     structures: list[dict] = field(default_factory=list)
 
 
+@dataclass
+class PackRun:
+    """One pack's labels of a volume, the table rows measured on them and its QC flags."""
+
+    pack: ModelPack
+    labels: hd.Volume
+    rows: list[dict]
+    flags: list[dict]
+
+
 class Pipeline:
-    """Segments volumes with one model pack loaded once per process.
+    """Segments volumes with one or more model packs, each loaded once per process.
+
+    With several packs every volume is segmented by each: one SEG per pack
+    (``seg-<pack>.dcm``, ``labels-<pack>.nii.gz``), one SR and one table for
+    all. A pack that names its modalities is skipped for other modalities.
 
     Parameters
     ----------
     settings
-        Validated run settings (model, device, SEG type, folds, tile step).
+        Validated run settings (models, device, SEG type, folds, tile step).
     """
 
     def __init__(self, settings: RunSettings) -> None:
         self.settings = settings
         store = ModelStore(settings.models_dir)
-        self.pack: ModelPack = store.resolve(settings.model)
-        self.engine = SegmentationEngine(
-            self.pack,
-            device=settings.device,
-            folds=settings.folds,
-            tile_step_size=settings.tile_step_size,
-        )
+        self.packs: list[ModelPack] = [store.resolve(name) for name in settings.models or (None,)]
+        self.engines = [
+            SegmentationEngine(pack, device=settings.device, folds=settings.folds,
+                               tile_step_size=settings.tile_step_size)
+            for pack in self.packs
+        ]
         self.model_id = {
-            "name": self.pack.name,
-            "version": self.pack.version,
-            "weights_sha256": self.pack.weights_sha256,
+            "packs": [{"name": p.name, "version": p.version, "weights_sha256": p.weights_sha256}
+                      for p in self.packs],
             "seg_type": settings.seg_type,
         }
+
+    @property
+    def device(self) -> str:
+        """Where the networks run (``cpu``, ``cuda:0``)."""
+        return str(self.engines[0].device)
+
+    def describe(self) -> list[dict]:
+        """What each engine runs and how, for run reports."""
+        return [engine.describe() for engine in self.engines]
+
+    def _names(self) -> OutputNames:
+        return OutputNames(per_pack=len(self.packs) > 1)
 
     def run_series_volume(
         self, series: SeriesVolume, out_root: Path, progress: Progress
@@ -81,41 +106,40 @@ class Pipeline:
         if outputs.is_complete(self.model_id):
             return VolumeResult(series.key, "skipped", outputs.folder, "outputs complete")
         started = time.monotonic()
-        labels, rows, flags = self._segment_and_measure(series.volume, series.modality, progress)
+        runs, skipped = self._segment_and_measure(series.volume, series.modality, progress)
         progress.stage("write")
         outputs.folder.mkdir(parents=True, exist_ok=True)
-        files = exports.write_dicom_outputs(
-            series, labels, rows, pack=self.pack, outputs=outputs,
-            seg_type=self.settings.seg_type,
-        )
-        write_label_nifti(labels, outputs.labels)
-        outputs.write_tables(rows, self._table_extra(series.key, flags))
-        outputs.write_manifest(self.model_id, [*files, outputs.labels, outputs.table_csv,
-                                               outputs.table_json])
+        names = self._names()
+        files = exports.write_dicom_outputs(series, runs, folder=outputs.folder, names=names,
+                                            seg_type=self.settings.seg_type)
+        files += self._write_labels(runs, outputs.folder, names)
+        rows = [row for run in runs for row in run.rows]
+        outputs.write_tables(rows, self._table_extra(series.key, runs, skipped))
+        outputs.write_manifest(self.model_id, [*files, outputs.table_csv, outputs.table_json])
         return VolumeResult(series.key, "done", outputs.folder, seconds=time.monotonic() - started,
                             structures=rows)
 
     def run_nifti(self, path: Path, out_root: Path, progress: Progress) -> VolumeResult:
-        """Segment a NIfTI image: label map and tables only (no DICOM to refer to)."""
+        """Segment a NIfTI image: label maps and tables only (no DICOM to refer to)."""
         key = path.name.removesuffix(".gz").removesuffix(".nii")
         outputs = SeriesOutputs(out_root / key)
         if outputs.is_complete(self.model_id):
             return VolumeResult(key, "skipped", outputs.folder, "outputs complete")
         started = time.monotonic()
         image = read_nifti(path)
-        labels, rows, flags = self._segment_and_measure(image, None, progress)
+        runs, skipped = self._segment_and_measure(image, None, progress)
         progress.stage("write")
         outputs.folder.mkdir(parents=True, exist_ok=True)
-        write_label_nifti(labels, outputs.labels)
-        outputs.write_tables(rows, self._table_extra(key, flags))
-        outputs.write_manifest(self.model_id, [outputs.labels, outputs.table_csv,
-                                               outputs.table_json])
+        files = self._write_labels(runs, outputs.folder, self._names())
+        rows = [row for run in runs for row in run.rows]
+        outputs.write_tables(rows, self._table_extra(key, runs, skipped))
+        outputs.write_manifest(self.model_id, [*files, outputs.table_csv, outputs.table_json])
         return VolumeResult(key, "done", outputs.folder, seconds=time.monotonic() - started,
                             structures=rows)
 
     def run_station_set(self, stations: StationSet, out_root: Path,
                         progress: Progress) -> list[VolumeResult]:
-        """Stitch, segment once and write one SEG per station series and one SR.
+        """Stitch, segment once and write one SEG per station series (and pack) and one SR.
 
         With ``stations.segment_each_contrast`` every Dixon contrast is
         stitched and segmented on its own (``<key>.<contrast>`` folders);
@@ -149,47 +173,70 @@ class Pipeline:
                      for gap in stitched.gaps]
         for flag in gap_flags:
             logger.warning("stations %s: %s", key, flag["message"])
-        labels, rows, flags = self._segment_and_measure(stitched.volume, modality, progress)
+        runs, skipped = self._segment_and_measure(stitched.volume, modality, progress)
         progress.stage("write")
         outputs.folder.mkdir(parents=True, exist_ok=True)
         targets = [stations.contrasts[c][n] for c in written for n in stitched.order]
-        station_labels = [labels_to_station(labels, v.volume) for v in targets]
+        names = self._names()
         files = exports.write_station_outputs(
-            targets, station_labels, rows, pack=self.pack, folder=outputs.folder,
-            seg_type=self.settings.seg_type, gap=bool(stitched.gaps), uid_seed=key)
-        write_label_nifti(labels, outputs.labels)
-        extra_files = []
+            targets, [(run, [labels_to_station(run.labels, v.volume) for v in targets])
+                      for run in runs],
+            folder=outputs.folder, names=names, seg_type=self.settings.seg_type,
+            gap=bool(stitched.gaps), uid_seed=key)
+        files += self._write_labels(runs, outputs.folder, names)
         if self.settings.stations.write_stitched:
-            extra_files.append(write_image_nifti(stitched.volume, outputs.folder /
-                                                 "stitched.nii.gz"))
-        extra = self._table_extra(key, flags)
+            files.append(write_image_nifti(stitched.volume, outputs.folder / "stitched.nii.gz"))
+        extra = self._table_extra(key, runs, skipped)
         extra["qc_flags"] += gap_flags
         extra["stations"] = [{"series": v.key, "contrast": c, "segmented": c == contrast}
                              for c in written for v in stations.contrasts[c]]
         extra["intensity_scales"] = {segmented[n].key: round(stitched.scales[n], 4)
                                      for n in range(len(segmented))}
+        rows = [row for run in runs for row in run.rows]
         outputs.write_tables(rows, extra)
-        outputs.write_manifest(self.model_id, [*files, *extra_files, outputs.labels,
-                                               outputs.table_csv, outputs.table_json])
+        outputs.write_manifest(self.model_id, [*files, outputs.table_csv, outputs.table_json])
         return VolumeResult(key, "done", outputs.folder, seconds=time.monotonic() - started,
                             structures=rows)
 
     def _segment_and_measure(
         self, image: hd.Volume, modality: str | None, progress: Progress
-    ) -> tuple[hd.Volume, list[dict], list]:
-        progress.stage("segment")
-        labels = self.engine.segment(image)
-        progress.stage("measure")
-        names = {s.index: s.name for s in self.pack.labels.structures}
+    ) -> tuple[list[PackRun], list[dict]]:
+        """Run every pack meant for ``modality``; the runs and the packs skipped, with why."""
+        runs, skipped = [], []
         unit = "HU" if modality == "CT" else None
-        measurements = measure(labels, image, names, intensity_unit=unit)
-        flags = run_qc(labels, names)
-        rows = [exports.table_row(m, unit) for m in measurements]
-        return labels, rows, flags
+        for pack, engine in zip(self.packs, self.engines, strict=True):
+            if modality and pack.modalities and modality not in pack.modalities:
+                reason = f"meant for {', '.join(pack.modalities)}, not {modality}"
+                logger.info("model %s skipped: %s", pack.name, reason)
+                skipped.append({"model": pack.name, "reason": reason})
+                continue
+            progress.stage("segment" if len(self.packs) == 1 else f"segment {pack.name}")
+            labels = engine.segment(image)
+            progress.stage("measure")
+            names = {s.index: s.name for s in pack.labels.structures}
+            measurements = measure(labels, image, names, intensity_unit=unit)
+            flags = [{**exports.flag_dict(flag), "model": pack.name}
+                     for flag in run_qc(labels, names)]
+            rows = [exports.table_row(m, unit, pack.name) for m in measurements]
+            runs.append(PackRun(pack, labels, rows, flags))
+        if not runs:
+            raise InputRejected(f"No model of this run is meant for {modality} images: "
+                                + "; ".join(f"{s['model']} is {s['reason']}" for s in skipped))
+        return runs, skipped
 
-    def _table_extra(self, key: str, flags: Sequence) -> dict:
+    @staticmethod
+    def _write_labels(runs: Sequence[PackRun], folder: Path, names: OutputNames) -> list[Path]:
+        files = []
+        for run in runs:
+            path = folder / names.labels(run.pack.name)
+            write_label_nifti(run.labels, path)
+            files.append(path)
+        return files
+
+    def _table_extra(self, key: str, runs: Sequence[PackRun], skipped: Sequence[dict]) -> dict:
         return {
             "key": key,
             "model": self.model_id,
-            "qc_flags": [exports.flag_dict(flag) for flag in flags],
+            "qc_flags": [flag for run in runs for flag in run.flags],
+            "skipped_models": list(skipped),
         }

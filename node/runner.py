@@ -43,7 +43,7 @@ class RunSummary:
     input: str
     output: str
     results: list[VolumeResult] = field(default_factory=list)
-    engine: dict[str, Any] = field(default_factory=dict)
+    engines: list[dict[str, Any]] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -91,7 +91,7 @@ def run_segment(input_path: Path, out_root: Path, settings: RunSettings) -> RunS
         )
     started = time.monotonic()
     pipeline = Pipeline(settings)
-    summary = RunSummary(str(input_path), str(out_root), engine=pipeline.engine.describe(),
+    summary = RunSummary(str(input_path), str(out_root), engines=pipeline.describe(),
                          versions=versions())
     if input_path.is_dir():
         summary.results = _run_folder(pipeline, input_path, out_root)

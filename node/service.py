@@ -63,8 +63,10 @@ class Node:
 
     def start(self) -> None:
         """Recover, load the first model, start listening and the loops."""
+        store = ModelStore(self.config.storage.models_dir)
         for rule in self.config.rules:
-            ModelStore(self.config.storage.models_dir).resolve(rule.model)
+            for name in rule.model or (None,):
+                store.resolve(name)
         requeued = self.queue.requeue_interrupted()
         if requeued:
             logger.warning("jobs %s were interrupted and are queued again",
@@ -72,9 +74,8 @@ class Node:
         device = "none (no rules)"
         if self.config.rules:
             first = self.config.rules[0]
-            engine = self.worker.pipeline(self.worker.settings_for(first.model,
-                                                                   first.seg_type)).engine
-            device = str(engine.describe().get("device"))
+            device = self.worker.pipeline(self.worker.settings_for(first.model,
+                                                                   first.seg_type)).device
         self.listener.start()
         self.catalogue.set_state(pid=str(os.getpid()), started_at=f"{time.time():.3f}",
                                  listener=self.listener.describe(), device=device,

@@ -99,9 +99,10 @@ class RunSettings(BaseModel):
 
     Parameters
     ----------
-    model
-        Model pack name (as listed by ``segnode models list``) or the path of
-        an nnU-Net v2 trained-model folder. ``None`` uses the built-in demo.
+    models
+        Model pack names (as listed by ``segnode models list``) or paths of
+        nnU-Net v2 trained-model folders; every volume is segmented by each
+        (one SEG per pack, one SR for all). Empty uses the built-in demo.
     models_dir
         Where installed model packs live.
     device
@@ -122,7 +123,7 @@ class RunSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    model: str | None = None
+    models: tuple[str, ...] = ()
     models_dir: Path = Field(default_factory=default_models_dir)
     device: str = "auto"
     seg_type: Literal["binary", "labelmap"] = "binary"
@@ -131,6 +132,7 @@ class RunSettings(BaseModel):
     stations: StationSettings = Field(default_factory=StationSettings)
 
     _check_device = field_validator("device")(check_device)
+    _check_models = field_validator("models", mode="before")(lambda v: pack_names(v))
 
     @classmethod
     def build(cls, **values: object) -> RunSettings:
@@ -139,6 +141,19 @@ class RunSettings(BaseModel):
             return cls(**values)
         except ValidationError as exc:
             raise ConfigError(format_validation_error(exc)) from None
+
+
+def pack_names(value: object) -> tuple[str, ...]:
+    """One pack name or a list of them as a tuple; refuses blanks and repeats."""
+    if value is None:
+        return ()
+    names = (value,) if isinstance(value, str) else tuple(value)  # type: ignore[arg-type]
+    if any(not isinstance(n, str) or not n.strip() for n in names):
+        raise ValueError("pack names must be non-empty strings")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"pack(s) named more than once: {', '.join(repeated)}")
+    return names
 
 
 def format_validation_error(exc: ValidationError) -> str:

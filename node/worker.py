@@ -49,11 +49,11 @@ class Worker:
         self._pipelines: dict[RunSettings, Pipeline] = {}
         self.current_job: int | None = None
 
-    def settings_for(self, model: str | None, seg_type: str) -> RunSettings:
-        """The run settings of a rule's model on this node's device."""
+    def settings_for(self, models: tuple[str, ...], seg_type: str) -> RunSettings:
+        """The run settings of a rule's packs on this node's device."""
         processing = self.config.processing
         return RunSettings.build(
-            model=model, models_dir=self.config.storage.models_dir, device=processing.device,
+            models=models, models_dir=self.config.storage.models_dir, device=processing.device,
             seg_type=seg_type, folds=processing.folds, tile_step_size=processing.tile_step_size,
             stations=self.config.stations,
         )
@@ -62,9 +62,9 @@ class Worker:
         """The pipeline for ``settings``, loading its model the first time only."""
         if settings not in self._pipelines:
             self._pipelines[settings] = Pipeline(settings)
-            logger.info("model %s %s loaded (%s)", self._pipelines[settings].pack.name,
-                        self._pipelines[settings].pack.version,
-                        self._pipelines[settings].engine.describe().get("device"))
+            loaded = self._pipelines[settings]
+            logger.info("model(s) %s loaded (%s)", ", ".join(
+                f"{p.name} {p.version}" for p in loaded.packs), loaded.device)
         return self._pipelines[settings]
 
     def run_once(self) -> bool:
@@ -92,7 +92,8 @@ class Worker:
             self.queue.fail(job.id, "no instances of the job's series are in the spool")
             return
         try:
-            pipeline = self.pipeline(self.settings_for(job.model, job.seg_type))
+            models = tuple(job.model.split(",")) if job.model else ()
+            pipeline = self.pipeline(self.settings_for(models, job.seg_type))
             results = run_series_set(pipeline, series, out_root, live=False)
         except SegnodeError as exc:
             self.queue.fail(job.id, str(exc))

@@ -10,9 +10,9 @@ import highdicom as hd
 import pydicom
 import pytest
 
-from dicom_io.content import SegmentInfo, VolumeMeasurement
+from dicom_io.content import AlgorithmInfo, SegmentInfo, VolumeMeasurement
 from dicom_io.seg import build_seg
-from dicom_io.sr import build_volumetry_sr
+from dicom_io.sr import ReportPart, build_volumetry_sr
 from segnode_errors import ExportError
 
 try:  # the synthetic series builder lives with the SEG tests
@@ -38,7 +38,7 @@ def _build(modality="CT", measurements=MEASUREMENTS):
     sources, by_uid = make_series(OBLIQUE, modality=modality, reverse=True)
     seg = to_bytes_and_back(
         build_seg(volume_from_slices(sources, by_uid, flip_k=True), sources, SEGMENTS, ALGO))
-    sr = build_volumetry_sr(seg, sources, SEGMENTS, measurements, ALGO)
+    sr = build_volumetry_sr([ReportPart([seg], SEGMENTS, measurements, ALGO)], sources)
     return sources, seg, sr
 
 
@@ -98,7 +98,7 @@ def test_mr_has_no_hu():
 
 def test_header_uids_and_equipment():
     sources, seg, sr = _build()
-    again = build_volumetry_sr(seg, sources, SEGMENTS, MEASUREMENTS, ALGO)
+    again = build_volumetry_sr([ReportPart([seg], SEGMENTS, MEASUREMENTS, ALGO)], sources)
     assert (sr.SeriesInstanceUID, sr.SOPInstanceUID) == (again.SeriesInstanceUID,
                                                         again.SOPInstanceUID)
     assert sr.SOPInstanceUID.startswith("2.25.") and sr.SOPInstanceUID != seg.SOPInstanceUID
@@ -111,9 +111,48 @@ def test_measurement_without_segment_rejected():
     seg = build_seg(volume_from_slices(sources, by_uid), sources, SEGMENTS, ALGO)
     absent = SegmentInfo(7, "heart", ("80891009", "SCT", "Heart"))
     with pytest.raises(ExportError, match="no segment in SEG"):
-        build_volumetry_sr(seg, sources, [*SEGMENTS, absent], [VolumeMeasurement(7, 1.0)], ALGO)
+        build_volumetry_sr([ReportPart([seg], [*SEGMENTS, absent], [VolumeMeasurement(7, 1.0)],
+                                       ALGO)], sources)
     with pytest.raises(ExportError, match="no SegmentInfo"):
-        build_volumetry_sr(seg, sources, SEGMENTS, [VolumeMeasurement(4, 1.0)], ALGO)
+        build_volumetry_sr([ReportPart([seg], SEGMENTS, [VolumeMeasurement(4, 1.0)], ALGO)],
+                           sources)
+
+
+def test_two_models_in_one_report():
+    """One SR for the SEGs of two packs: each group references its own model's SEG."""
+    sources, by_uid = make_series(OBLIQUE, modality="MR")
+    labels = volume_from_slices(sources, by_uid)
+    other = AlgorithmInfo(name="bodycomp", version="1.0", weights_sha256="b" * 64)
+    tissue = [SegmentInfo(1, "visceral_fat", ("55603005", "SCT", "Fat"),
+                          category_code=("85756007", "SCT", "Tissue"),
+                          region=("818987002", "SCT", "Abdominopelvic cavity")),
+              SegmentInfo(2, "subcutaneous_fat", ("67769002", "SCT", "Subcutaneous fatty tissue"),
+                          category_code=("85756007", "SCT", "Tissue")),
+              SegmentInfo(3, "upper_femora", ("71341001", "SCT", "Femur"), laterality="bilateral"),
+              SegmentInfo(5, "pancreas", ("15776009", "SCT", "Pancreas"))]
+    first = to_bytes_and_back(build_seg(labels, sources, SEGMENTS, ALGO))
+    second = to_bytes_and_back(build_seg(labels, sources, tissue, other))
+    sr = build_volumetry_sr([ReportPart([first], SEGMENTS, MEASUREMENTS, ALGO),
+                             ReportPart([second], tissue, MEASUREMENTS, other)], sources)
+    groups = _groups(_readback(sr))
+    assert [g.referenced_segment.referenced_sop_instance_uid for g in groups] == (
+        [first.SOPInstanceUID] * 3 + [second.SOPInstanceUID] * 3)
+    assert len({g.tracking_uid for g in groups}) == 6  # same label values, distinct models
+    assert sr.SeriesDescription == f"{ALGO.name}+bodycomp volumetry"
+    evidence = {sop.ReferencedSOPInstanceUID
+                for study in sr.CurrentRequestedProcedureEvidenceSequence
+                for series in study.ReferencedSeriesSequence
+                for sop in series.ReferencedSOPSequence}
+    assert {first.SOPInstanceUID, second.SOPInstanceUID} <= evidence
+    fat, femora = groups[3], groups[4]
+    assert fat.finding_sites[0].value.value == "818987002"  # region of the tissue class
+    assert fat.finding_category.value == "85756007"
+    assert femora.finding_sites[0].laterality.value == "51440002"
+    fat_segment = next(s for s in second.SegmentSequence if s.SegmentLabel == "visceral_fat")
+    assert fat_segment.AnatomicRegionSequence[0].CodeValue == "818987002"
+    femora_segment = next(s for s in second.SegmentSequence if s.SegmentLabel == "upper_femora")
+    modifier = femora_segment.SegmentedPropertyTypeCodeSequence[0]
+    assert modifier.SegmentedPropertyTypeModifierCodeSequence[0].CodeValue == "51440002"
 
 
 @pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dicom3tools not installed")

@@ -137,11 +137,11 @@ def test_ct_report_has_mean_hu(e2e_run: E2ERun) -> None:
 
 def test_report_records_versions_and_device(e2e_run: E2ERun) -> None:
     report = e2e_run.report
-    assert report["engine"]["device"] == "cpu"
+    assert report["engines"][0]["device"] == "cpu"
     assert report["versions"]["torch"].startswith("2.")
-    assert report["engine"]["model_name"] == "demo"
-    assert report["engine"]["folds"] == [0]
-    assert report["engine"]["tile_step_size"] == 0.5
+    assert report["engines"][0]["model_name"] == "demo"
+    assert report["engines"][0]["folds"] == [0]
+    assert report["engines"][0]["tile_step_size"] == 0.5
 
 
 def test_rerun_skips_complete_outputs(e2e_run: E2ERun) -> None:
