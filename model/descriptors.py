@@ -20,7 +20,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from segnode_errors import ModelError
 
@@ -114,9 +121,16 @@ class PackDescriptor(_Strict):
     caveats: tuple[str, ...] = ()
     labels: dict[int, dict[str, Any]]
 
+    @field_validator("input_orientation")
+    @classmethod
+    def _check_orientation(cls, value: str) -> str:
+        try:
+            return validate_orientation(value)
+        except ModelError as exc:
+            raise ValueError(str(exc)) from None
+
     @model_validator(mode="after")
     def _check(self) -> PackDescriptor:
-        validate_orientation(self.input_orientation)
         if any(a.url is None for a in self.archives) and not self.manual_download:
             raise ValueError("archives without url need 'manual_download'")
         ids = [m.id for m in self.models]

@@ -271,7 +271,7 @@ class ModelStore:
         models = tuple(NnunetModel(id=e["id"], folder=pack / e["id"],
                                    folds=find_folds(pack / e["id"], e["checkpoint"]),
                                    checkpoint_name=e["checkpoint"]) for e in entries)
-        write_metadata(pack, **known.metadata(), name=pack_name, models=entries,
+        write_metadata(pack, **{**known.metadata(), "name": pack_name}, models=entries,
                        source=f"pack descriptor {known.name}", archives=archives,
                        checkpoints=checkpoint_hashes(pack, models, fresh=True))
         return pack

@@ -61,8 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--models-dir", type=Path, help="model store folder")
     models_sub = models.add_subparsers(dest="models_command", required=True)
     models_sub.add_parser("list", help="list installed model packs")
+    models_sub.add_parser("available", help="list the packs segnode can install, with licences")
+    show = models_sub.add_parser("show", help="show a pack: models, settings, label table")
+    show.add_argument("name", help="installed or installable pack name")
     install = models_sub.add_parser("install", help="install a model pack")
-    install.add_argument("source", help="known name (mrsegmentator), a .zip file or a URL")
+    install.add_argument("source", help="pack name (see 'models available'), a .zip file or a URL")
+    install.add_argument("--from", dest="from_path", type=Path,
+                         help="local archive, folder of archives or unpacked models of a "
+                              "named pack (no download)")
     install.add_argument("--sha256", help="expected SHA-256 of the zip (hex)")
     install.add_argument("--name", help="name to install under (default: from the pack)")
     add = models_sub.add_parser("add", help="register your own nnU-Net v2 model with its codes")

@@ -91,7 +91,8 @@ def mrsegmentator_style(plans: dict) -> dict:
 
 def write_tiny_model(folder: Path, *, labels: dict[str, int] | None = None, seed: int = 0,
                      folds: tuple[int, ...] = (0,), metadata: dict | None = None,
-                     mrsegmentator_like: bool = False) -> Path:
+                     mrsegmentator_like: bool = False, trainer: str | None = None,
+                     configuration: str | None = None, plans_name: str | None = None) -> Path:
     """Write a tiny nnU-Net v2 model folder with seeded random weights.
 
     Parameters
@@ -109,6 +110,10 @@ def write_tiny_model(folder: Path, *, labels: dict[str, int] | None = None, seed
     mrsegmentator_like : bool
         Old-format plans, configuration ``3d_fullres_bs8`` and trainer
         ``nnUNetTrainerNoMirroring`` without mirroring axes, as MRSegmentator ships.
+    trainer, configuration, plans_name : str, optional
+        Recorded in the checkpoints / plans instead of the defaults; a
+        ``NoMirroring`` trainer stores no mirroring axes. The configuration
+        (``3d_fullres`` or an inheriting one) is added to the plans if absent.
     """
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
@@ -119,10 +124,19 @@ def write_tiny_model(folder: Path, *, labels: dict[str, int] | None = None, seed
     dataset = {"channel_names": {"0": "MRI"}, "labels": labels, "numTraining": 1,
                "file_ending": ".nii.gz"}
     arch = plans["configurations"]["3d_fullres"]["architecture"]
-    configuration, trainer, mirror = "3d_fullres", "nnUNetTrainer", (0, 1, 2)
+    default_configuration, default_trainer, mirror = "3d_fullres", "nnUNetTrainer", (0, 1, 2)
     if mrsegmentator_like:
         plans = mrsegmentator_style(plans)
-        configuration, trainer, mirror = "3d_fullres_bs8", "nnUNetTrainerNoMirroring", None
+        default_configuration, default_trainer, mirror = ("3d_fullres_bs8",
+                                                          "nnUNetTrainerNoMirroring", None)
+    if trainer is not None:
+        mirror = None if "NoMirroring" in trainer else mirror
+    trainer = trainer or default_trainer
+    if configuration is not None and configuration not in plans["configurations"]:
+        plans["configurations"][configuration] = {"inherits_from": "3d_fullres"}
+    configuration = configuration or default_configuration
+    if plans_name is not None:
+        plans["plans_name"] = plans_name
     (folder / "plans.json").write_text(json.dumps(plans, indent=2))
     (folder / "dataset.json").write_text(json.dumps(dataset, indent=2))
     for fold in folds:

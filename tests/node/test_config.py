@@ -152,7 +152,22 @@ BAD_VALUES = {
                             "rules.0.destinations", "nowhere"),
     "duplicate destination": (_duplicate_destination, "destinations", "duplicate name(s) pacs"),
     "device gpu": (_set("processing", "device", value="gpu"), "processing.device", "'gpu'"),
+    "pack named twice": (_set("rules", 0, "model", value=["mrsegmentator", "mrsegmentator"]),
+                         "rules.0.model", "more than once: mrsegmentator"),
+    "blank pack name": (_set("rules", 0, "model", value=["mrsegmentator", " "]),
+                        "rules.0.model", "non-empty"),
 }
+
+
+def test_a_rule_names_one_pack_or_several(tmp_path: Path) -> None:
+    raw = shipped_raw()
+    raw["rules"][0]["model"] = "mrsegmentator"
+    assert load_config(write_config(tmp_path, raw)).rules[0].model == ("mrsegmentator",)
+    raw["rules"][0]["model"] = ["mrsegmentator", "mrsegmentator-bodycomp"]
+    assert load_config(write_config(tmp_path, raw)).rules[0].model == (
+        "mrsegmentator", "mrsegmentator-bodycomp")
+    raw["rules"][0]["model"] = None
+    assert load_config(write_config(tmp_path, raw)).rules[0].model == ()
 
 
 @pytest.mark.parametrize("change, key_path, detail", BAD_VALUES.values(), ids=BAD_VALUES.keys())

@@ -72,6 +72,22 @@ def write_phantom(root: Path, name: str) -> Series:
     return Series(root / name, tuple(paths), uid)
 
 
+#: Stand-ins of two shipped packs, run together by the ``two-packs`` rule.
+TWO_PACKS = ("mrannotator-abdomen", "mrsegmentator-bodycomp")
+
+
+def _install_standins(models: Path, archives: Path) -> None:
+    from model.descriptors import descriptor
+    from model.store import ModelStore
+    from tests.model.standins import sha256_of, write_standin_archives
+
+    for name in TWO_PACKS:
+        item = descriptor(name)
+        assert item is not None
+        archive = write_standin_archives(item, archives / name) / item.archives[0].file
+        ModelStore(models).install(name, from_path=archive, sha256=sha256_of(archive))
+
+
 class NodeProcess:
     """``segnode serve`` in the namespace, with its configuration and catalogue."""
 
@@ -86,7 +102,11 @@ class NodeProcess:
                         {"ae_title": "SENDER", "addresses": ["127.0.0.0/8"]}],
             "destinations": [{"name": "pacs", "ae_title": orthanc.aet, "host": "127.0.0.1",
                               "port": orthanc.dicom_port}],
-            "rules": [{"name": "mr", "match": {"modality": ["MR"], "min_slices": 10},
+            "rules": [{"name": "two-packs",
+                       "match": {"modality": ["MR"], "series_description": "two packs"},
+                       "model": list(TWO_PACKS), "whole_study": False,
+                       "destinations": ["pacs"]},
+                      {"name": "mr", "match": {"modality": ["MR"], "min_slices": 10},
                        "destinations": ["pacs"]}],
             "timing": {"series_quiet_s": 2, "study_quiet_s": 3, "poll_interval_s": 0.2,
                        "retry": {"initial_delay_s": 0.5, "max_delay_s": 2}},
@@ -94,6 +114,7 @@ class NodeProcess:
             "processing": {"device": "cpu", "tile_step_size": 0.75},
         }
         root.mkdir(parents=True, exist_ok=True)
+        _install_standins(root / "models", root / "archives")
         self.config_path.write_text(yaml.safe_dump(config))
         self.log = root / "node.log"
         self.proc: subprocess.Popen | None = None
@@ -233,6 +254,29 @@ def test_storescu_series_comes_back_as_seg_and_sr_at_orthanc(setup: Setup) -> No
     assert "node:      up" in status.stdout and "device:    cpu" in status.stdout
     listing = setup.node.cli("jobs", "list")
     assert "done     " in listing.stdout and series.series_uid in listing.stdout
+
+
+def test_a_rule_with_two_packs_sends_a_seg_per_pack_and_one_sr(setup: Setup) -> None:
+    series = write_phantom(setup.root / "data", "two packs")
+    result = storescu(series.folder, "127.0.0.1", setup.node.port, called_aet="SEGNODE",
+                      netns=setup.ns)
+    assert result.returncode == 0, result.stderr
+
+    def two_segs_and_sr() -> bool:
+        found = _outputs_for(setup.orthanc, series.series_uid)
+        return len(found["SEG"]) == 2 and len(found["SR"]) == 1
+    wait_for("two SEGs and one SR at Orthanc", two_segs_and_sr, setup.node)
+    found = _outputs_for(setup.orthanc, series.series_uid)
+    segs = {item["dataset"].SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
+            .AlgorithmName: item["dataset"] for item in found["SEG"]}
+    assert sorted(segs) == sorted(TWO_PACKS)
+    sr = found["SR"][0]["dataset"]
+    evidence = {sop.ReferencedSOPInstanceUID
+                for study in sr.CurrentRequestedProcedureEvidenceSequence
+                for item in study.ReferencedSeriesSequence
+                for sop in item.ReferencedSOPSequence}
+    assert {seg.SOPInstanceUID for seg in segs.values()} <= evidence
+    assert sr.SeriesDescription == "+".join(TWO_PACKS) + " volumetry"
 
 
 def test_corrupt_file_is_quarantined_and_the_next_series_is_processed(setup: Setup,
