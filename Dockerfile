@@ -9,8 +9,10 @@
 FROM nvidia/cuda:13.0.1-runtime-ubuntu24.04
 
 ARG DEBIAN_FRONTEND=noninteractive
-# Model packs baked into the image (names known to `segnode models install`),
-# space separated: docker build --build-arg SEGNODE_PACKS="mrsegmentator" .
+# Model packs baked into the image (`segnode models available`), space separated.
+# NAME is downloaded and checked against its pinned SHA-256; NAME=FILE installs
+# from pack-archives/FILE (manual downloads such as MRAnnotator's):
+#   docker build --build-arg SEGNODE_PACKS="mrsegmentator mrannotator-spine=MRAnnotator.zip" .
 ARG SEGNODE_PACKS=mrsegmentator
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
@@ -36,10 +38,17 @@ COPY dicom_io ./dicom_io
 COPY model ./model
 COPY node ./node
 COPY config.yaml /etc/segnode/config.yaml
+COPY pack-archives /tmp/pack-archives
 
 # torch and torchvision pinned as in the Makefile, so pip never picks another pair.
 RUN pip install --no-cache-dir torch==2.14.1 torchvision==0.29.1 . \
-    && for pack in $SEGNODE_PACKS; do segnode models install "$pack"; done \
+    && for spec in $SEGNODE_PACKS; do \
+        case "$spec" in \
+            *=*) segnode models install "${spec%%=*}" --from "/tmp/pack-archives/${spec#*=}" ;; \
+            *) segnode models install "$spec" ;; \
+        esac; \
+    done \
+    && rm -rf /tmp/pack-archives \
     && segnode models verify \
     && chown -R 10001:10001 /opt/segnode-models
 

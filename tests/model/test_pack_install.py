@@ -1,4 +1,4 @@
-"""Installing shipped packs: pinned checksums, local archives and folders, failures leave nothing."""
+"""Installing shipped packs: pinned checksums, local archives, folders; failures leave none."""
 
 from __future__ import annotations
 
