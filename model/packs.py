@@ -156,6 +156,10 @@ class ModelPack:
         Body regions the pack is meant for (free text, empty: not stated).
     defaults : dict of str to InferenceDefaults
         Recommended settings per device type (``"cpu"``, ``"cuda"``).
+    archive_check : str
+        How the installed archives were checked: ``checked`` (SHA-256 matched
+        a published or given value), ``recorded`` (none to match; recorded),
+        ``none`` (installed from a folder), ``""`` (not installed by segnode).
     """
 
     name: str
@@ -171,6 +175,7 @@ class ModelPack:
     modalities: tuple[str, ...] = ()
     regions: tuple[str, ...] = ()
     defaults: Mapping[str, InferenceDefaults] = field(default_factory=dict)
+    archive_check: str = ""
 
     @property
     def folds(self) -> tuple[Fold, ...]:
@@ -194,6 +199,7 @@ class ModelPack:
             "licence": self.licence,
             "modalities": list(self.modalities),
             "regions": list(self.regions),
+            "archive_check": self.archive_check,
         }
 
 
@@ -418,6 +424,7 @@ def load_pack(folder: Path | str, *, name: str | None = None, builtin: bool = Fa
         modalities=tuple(str(m).upper() for m in meta.get("modalities", ())),
         regions=tuple(str(r) for r in meta.get("regions", ())),
         defaults=_defaults(meta.get("settings"), meta_path),
+        archive_check=str(meta.get("archive_check", "")),
     )
 
 

@@ -218,11 +218,13 @@ class ModelStore:
     def _stage_folder(self, source: str, sha256: str | None, pack_name: str,
                       labels: LabelTable | None, work: Path) -> Path:
         """A single nnU-Net folder from a zip, URL or folder, with its metadata."""
-        folder, archive_sha256 = self._stage(source, (sha256 or "").lower() or None, work)
+        expected = (sha256 or "").lower() or None
+        folder, archive_sha256 = self._stage(source, expected, work)
         write_metadata(
             folder, name=pack_name,
             input_orientation=validate_orientation(_orientation_or_default(folder)),
             source=source, archive_sha256=archive_sha256,
+            archive_check=_archive_check([expected] if archive_sha256 else []),
             checkpoints=checkpoint_hashes(folder, fresh=True),
         )
         if labels is not None:
@@ -241,6 +243,7 @@ class ModelStore:
         unpacked = work / "unpacked"
         unpacked.mkdir()
         archives: dict[str, str | None] = {}
+        expected_sums: list[str | None] = []
         if from_path is not None and Path(from_path).is_dir() and not all(
                 (Path(from_path) / a.file).is_file() for a in known.archives):
             logger.warning("'%s' holds unpacked models, not the archives %s: no archive "
@@ -252,6 +255,7 @@ class ModelStore:
             for archive in known.archives:
                 local = self._archive(known, archive, from_path, work)
                 expected = (sha256 or archive.sha256 or "").lower() or None
+                expected_sums.append(expected)
                 archives[archive.file] = _verify_sha256(local, expected, str(local))
                 _unzip(local, unpacked)
         pack = work / "pack"
@@ -273,6 +277,7 @@ class ModelStore:
                                    checkpoint_name=e["checkpoint"]) for e in entries)
         write_metadata(pack, **{**known.metadata(), "name": pack_name}, models=entries,
                        source=f"pack descriptor {known.name}", archives=archives,
+                       archive_check=_archive_check(expected_sums),
                        checkpoints=checkpoint_hashes(pack, models, fresh=True))
         return pack
 
@@ -323,6 +328,14 @@ class ModelStore:
             os.replace(target, old)
             logger.info("Replacing installed pack '%s'.", pack_name)
         os.replace(folder, target)
+
+
+def _archive_check(expected: list[str | None]) -> str:
+    """``checked`` when every archive matched a given SHA-256, ``recorded`` when some had
+    none to match, ``none`` when there was no archive (a folder was installed)."""
+    if not expected:
+        return "none"
+    return "checked" if all(expected) else "recorded"
 
 
 def _remove_abandoned_work(tmp_root: Path) -> None:

@@ -127,7 +127,8 @@ def models(args: argparse.Namespace) -> int:
         out.write(
             f"{pack.name:26s} {pack.version:14s} {len(pack.models)} model(s) folds "
             f"{','.join(map(str, pack.folds)):10s} {len(pack.labels.structures):3d} labels  "
-            f"sha256 {pack.weights_sha256[:12]}  {'/'.join(pack.modalities) or 'any':5s} "
+            f"sha256 {pack.weights_sha256[:12]} archive {pack.archive_check or 'built-in':8s} "
+            f"{'/'.join(pack.modalities) or 'any':5s} "
             f"licence {pack.licence or 'unknown'}  {pack.folder}\n"
         )
     return 0

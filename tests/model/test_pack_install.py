@@ -76,6 +76,7 @@ def test_right_checksum_installs_and_records_it(tmp_path: Path, mrseg_zip: Path)
     pack = store.install("mrsegmentator", from_path=mrseg_zip, sha256=sha256_of(mrseg_zip))
     meta = json.loads((pack.folder / "segnode.json").read_text())
     assert meta["archives"] == {"weights.zip": sha256_of(mrseg_zip)}
+    assert meta["archive_check"] == "checked" and pack.archive_check == "checked"
     assert sorted(meta["checkpoints"]) == [f"base/fold_{f}/checkpoint_final.pth"
                                            for f in range(5)]
     assert _leftovers(tmp_path / "models") == ["mrsegmentator"]
@@ -115,6 +116,7 @@ def test_mrannotator_installs_from_the_unpacked_folder(tmp_path: Path,
     assert "non-commercial use only" in caplog.text
     meta = json.loads((pack.folder / "segnode.json").read_text())
     assert meta["archives"] == {"mrannotator_weights.zip": None}  # no checksum to check
+    assert pack.archive_check == "none"
 
 
 def test_several_archives_need_a_folder(tmp_path: Path) -> None:

@@ -103,6 +103,9 @@ def test_install_a_shipped_pack_from_a_local_folder_then_show_and_verify(tmp_pat
     assert "64033007 Kidney left" in kidney
     verified = run_cli("models", "--models-dir", models, "verify", "totalseg-mr")
     assert verified.returncode == 0 and "totalseg-mr: 2 checkpoint(s) verified" in verified.stdout
+    listed = run_cli("models", "--models-dir", models, "list")
+    line = next(x for x in listed.stdout.splitlines() if x.startswith("totalseg-mr "))
+    assert "2 model(s)" in line and "archive recorded" in line and "licence Apache-2.0" in line
 
 
 def test_segment_with_two_packs_from_the_command_line(tmp_path: Path) -> None:
