@@ -22,13 +22,16 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet $(TORCH_PINS) -e '.[dev]'
 	touch $@
 
-# The Debian peers the tests run against (dciodvfy, DCMTK, Orthanc). Installed
+# The Debian peers the tests run against (dciodvfy, DCMTK, Orthanc with its
+# DICOMweb plugin, Chromium for the browser tests). Installed
 # only when running as root; the tests that need them skip with a reason otherwise.
 peers:
 	@missing=""; \
 	command -v dciodvfy >/dev/null 2>&1 || missing="$$missing dicom3tools"; \
 	command -v storescu >/dev/null 2>&1 || missing="$$missing dcmtk"; \
 	command -v Orthanc >/dev/null 2>&1 || missing="$$missing orthanc"; \
+	test -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so || missing="$$missing orthanc-dicomweb"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium fonts-dejavu-core"; \
 	if [ -n "$$missing" ] && [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
 		echo "installing Debian peers:$$missing"; \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null) \
