@@ -116,6 +116,19 @@ quarantine = sa.Table(
     sa.Column("received_at", sa.Float, nullable=False),
 )
 
+associations = sa.Table(
+    "associations", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("started_at", sa.Float, nullable=False, index=True),
+    sa.Column("calling_ae", sa.String(16), nullable=False),
+    sa.Column("address", sa.String(64), nullable=False),
+    sa.Column("files", sa.Integer, nullable=False, default=0),
+    sa.Column("failures", sa.Integer, nullable=False, default=0),
+    sa.Column("bytes", sa.Integer, nullable=False, default=0),
+    sa.Column("seconds", sa.Float, nullable=False, default=0.0),
+    sa.Column("result", sa.Text, nullable=False),
+)
+
 node_state = sa.Table(
     "node_state", metadata,
     sa.Column("key", sa.String(64), primary_key=True),
@@ -363,6 +376,13 @@ class Catalogue:
                               .order_by(instances.c.sop_instance_uid))
             return [Path(row.path) for row in rows]
 
+    def series_received(self, series_uid: str) -> tuple[float, float] | None:
+        """When the first and the last instance of a series arrived, or None."""
+        with self.engine.connect() as db:
+            row = db.execute(sa.select(series.c.first_received_at, series.c.last_received_at)
+                             .where(series.c.series_uid == series_uid)).first()
+            return None if row is None else (float(row[0]), float(row[1]))
+
     def instance_count(self, series_uid: str | None = None) -> int:
         """Number of catalogued instances (of one series, or all)."""
         query = sa.select(sa.func.count()).select_from(instances)
@@ -402,6 +422,35 @@ class Catalogue:
         with self.engine.connect() as db:
             rows = db.execute(sa.select(quarantine).order_by(quarantine.c.id.desc()).limit(limit))
             return [dict(row._mapping) for row in rows]
+
+    # Associations -------------------------------------------------------------------------
+
+    def record_association(self, *, started_at: float, calling_ae: str, address: str,
+                           files: int, failures: int, size_bytes: int, seconds: float,
+                           result: str, keep: int = 10000) -> None:
+        """Log one closed association (the dashboard's log keeps the newest ``keep``)."""
+        with self.begin() as db:
+            result_row = db.execute(associations.insert().values(
+                started_at=started_at, calling_ae=calling_ae, address=address, files=files,
+                failures=failures, bytes=size_bytes, seconds=seconds, result=result))
+            newest = int(result_row.inserted_primary_key[0])
+            if newest % 100 == 0:
+                db.execute(associations.delete().where(associations.c.id <= newest - keep))
+
+    def list_associations(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The most recent associations, newest first."""
+        with self.engine.connect() as db:
+            rows = db.execute(sa.select(associations).order_by(associations.c.id.desc())
+                              .limit(limit))
+            return [dict(row._mapping) for row in rows]
+
+    def received_since(self, since: float) -> tuple[int, int]:
+        """Instances and bytes received since ``since`` (epoch seconds)."""
+        with self.engine.connect() as db:
+            row = db.execute(sa.select(sa.func.count(), sa.func.coalesce(
+                sa.func.sum(instances.c.size_bytes), 0)).where(
+                instances.c.received_at >= since)).one()
+            return int(row[0]), int(row[1])
 
     # Node state ---------------------------------------------------------------------------
 

@@ -51,6 +51,9 @@ __all__ = [
     "RetryConfig",
     "StorageConfig",
     "ProcessingConfig",
+    "WebConfig",
+    "LoggingConfig",
+    "ReportsConfig",
     "load_config",
 ]
 
@@ -197,6 +200,9 @@ class RuleConfig(_Strict):
     #: Wait for the whole study (timing.study_quiet_s) and process the series this
     #: rule takes together, so that the stations of a whole-body scan are stitched.
     whole_study: bool = True
+    #: Extra results every viewer can show, sent with the SEG and SR as their own
+    #: series: ``pdf`` (encapsulated PDF report), ``sc`` (secondary capture preview).
+    reports: tuple[Literal["pdf", "sc"], ...] = ()
 
     _check_model = field_validator("model", mode="before")(lambda v: pack_names(v))
 
@@ -247,6 +253,57 @@ class ProcessingConfig(_Strict):
     _check_device = field_validator("device")(check_device)
 
 
+def _is_loopback(host: str) -> bool:
+    return ipaddress.ip_address(host).is_loopback
+
+
+class WebConfig(_Strict):
+    """The dashboard, JSON API, metrics and health endpoints, served by ``segnode serve``."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    #: Bearer token for actions (retry, echo); on a non-loopback host also for reading.
+    token: str | None = Field(default=None, min_length=16)
+    #: Show patient names and IDs on the pages (UIDs and accession numbers otherwise).
+    show_patient_names: bool = False
+
+    @field_validator("host")
+    @classmethod
+    def _check_host(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError(f"must be an IP address to listen on, got {value!r}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _token_off_loopback(self) -> WebConfig:
+        if self.enabled and not _is_loopback(self.host) and not self.token:
+            raise ValueError(f"web.token: required when web.host is {self.host} (not loopback): "
+                             "the pages would be open to the network")
+        return self
+
+    @property
+    def open_reading(self) -> bool:
+        """True when pages and the read API need no token (bound to loopback)."""
+        return _is_loopback(self.host)
+
+
+class LoggingConfig(_Strict):
+    """How the node logs: plain text or one JSON event per line; never patient data."""
+
+    format: Literal["text", "json"] = "text"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class ReportsConfig(_Strict):
+    """Wording of the PDF and preview reports (rules choose whether to send them)."""
+
+    disclaimer: str = ("Automatic segmentation by segnode. Not for diagnostic use unless "
+                       "validated locally.")
+
+
 class NodeConfig(_Strict):
     """The whole ``config.yaml``."""
 
@@ -258,6 +315,9 @@ class NodeConfig(_Strict):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     processing: ProcessingConfig = Field(default_factory=ProcessingConfig)
     stations: StationSettings = Field(default_factory=StationSettings)
+    web: WebConfig = Field(default_factory=WebConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    reports: ReportsConfig = Field(default_factory=ReportsConfig)
 
     @model_validator(mode="after")
     def _check_references(self) -> NodeConfig:

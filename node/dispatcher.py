@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import pydicom
 
 from node.config import NodeConfig
+from node.metrics import NodeMetrics
 from node.outbox import Delivery, Outbox
 from node.scu import SendFailure, associate, status_failure
 from segnode_errors import ConfigError
@@ -36,9 +37,15 @@ class Dispatcher:
         The deliveries to work through.
     """
 
-    def __init__(self, config: NodeConfig, outbox: Outbox) -> None:
+    def __init__(self, config: NodeConfig, outbox: Outbox,
+                 metrics: NodeMetrics | None = None) -> None:
         self.config = config
         self.outbox = outbox
+        self.metrics = metrics
+
+    def _count(self, result: str) -> None:
+        if self.metrics is not None:
+            self.metrics.deliveries.labels(result).inc()
 
     def run_once(self) -> int:
         """Attempt every due delivery once; returns how many were delivered."""
@@ -92,6 +99,7 @@ class Dispatcher:
             self._record_failure(delivery, failure)
             return 0
         self.outbox.delivered(delivery.id)
+        self._count("delivered")
         logger.info("delivered %s to %s (job %d)", delivery.sop_instance_uid,
                     delivery.destination, delivery.job_id)
         return 1
@@ -99,8 +107,10 @@ class Dispatcher:
     def _record_failure(self, delivery: Delivery, failure: SendFailure) -> None:
         if failure.transient:
             state = self.outbox.failed_transient(delivery, str(failure))
+            self._count("retrying" if state == "pending" else "failed")
             logger.warning("delivery %d: %s (%s)", delivery.id, failure,
                            "will retry" if state == "pending" else "gave up")
         else:
             self.outbox.failed_permanent(delivery, str(failure))
+            self._count("failed")
             logger.error("delivery %d failed: %s", delivery.id, failure)

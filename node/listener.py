@@ -33,7 +33,7 @@ from node.config import ListenerConfig, NodeConfig
 from node.receiver import Receiver
 from node.spool import free_disk_mb
 
-__all__ = ["Listener", "server_ssl_context"]
+__all__ = ["AssociationRecord", "Listener", "server_ssl_context"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,9 @@ _LOCAL_LIMIT_EXCEEDED = 0x02
 
 
 @dataclass
-class _AssociationStats:
+class AssociationRecord:
+    """What one association did, as logged and recorded when it closes."""
+
     calling_ae: str = ""
     address: str = ""
     started: float = 0.0
@@ -52,6 +54,7 @@ class _AssociationStats:
     bytes: int = 0
     failures: int = 0
     result: str = "closed"
+    started_at: float = 0.0
 
 
 def server_ssl_context(tls: Any) -> ssl.SSLContext:
@@ -76,14 +79,19 @@ class Listener:
         Takes each received instance.
     disk_free_mb
         Returns the spool's free space in MiB (injected for tests of the threshold).
+    on_closed
+        Called with each closed association's :class:`AssociationRecord` and
+        its duration in seconds (the catalogue's log and the metrics).
     """
 
     def __init__(self, config: NodeConfig, receiver: Receiver, *,
-                 disk_free_mb: Callable[[], float] | None = None) -> None:
+                 disk_free_mb: Callable[[], float] | None = None,
+                 on_closed: Callable[[AssociationRecord, float], None] | None = None) -> None:
         self.config = config
         self.receiver = receiver
+        self._on_closed = on_closed
         self._disk_free_mb = disk_free_mb or (lambda: free_disk_mb(config.storage.spool_dir))
-        self._stats: dict[int, _AssociationStats] = {}
+        self._stats: dict[int, AssociationRecord] = {}
         self._lock = threading.Lock()
         self._servers: list[Any] = []
         self.ae = self._build_ae(config.node)
@@ -140,6 +148,11 @@ class Listener:
             server.shutdown()
         self._servers.clear()
 
+    @property
+    def accepting(self) -> bool:
+        """True while the listening sockets are open."""
+        return bool(self._servers)
+
     def describe(self) -> str:
         """``AE@host:port`` (and the TLS port) for the status command."""
         node = self.config.node
@@ -148,9 +161,10 @@ class Listener:
 
     # Handlers ------------------------------------------------------------------------------
 
-    def _stats_for(self, assoc: Any) -> _AssociationStats:
+    def _stats_for(self, assoc: Any) -> AssociationRecord:
         with self._lock:
-            return self._stats.setdefault(id(assoc), _AssociationStats(started=time.monotonic()))
+            return self._stats.setdefault(id(assoc), AssociationRecord(
+                started=time.monotonic(), started_at=time.time()))
 
     def _on_requested(self, event: Any) -> None:
         assoc = event.assoc
@@ -213,3 +227,8 @@ class Listener:
         log("association from %s at %s: %d files (%d not stored), %.1f MB in %.2f s, %s",
             stats.calling_ae, stats.address, stats.files, stats.failures, stats.bytes / 1e6,
             seconds, stats.result)
+        if self._on_closed is not None:
+            try:
+                self._on_closed(stats, seconds)
+            except Exception:  # noqa: BLE001 - the log of an association never fails it
+                logger.exception("could not record the association from %s", stats.calling_ae)

@@ -63,8 +63,10 @@ def config_check(args: argparse.Namespace) -> int:
 def serve(args: argparse.Namespace) -> int:
     """``segnode serve``: run the node until SIGTERM or SIGINT."""
     config = _load(args)  # a bad configuration stops here, before torch is imported
+    from node.logs import apply_logging
     from node.service import Node
 
+    apply_logging(config.logging.format, "DEBUG" if args.verbose else config.logging.level)
     node = Node(config)
 
     def _stop(signum: int, _frame: object) -> None:

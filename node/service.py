@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from model.store import ModelStore
 from node.assembler import Assembler
@@ -24,11 +25,13 @@ from node.catalogue import Catalogue
 from node.config import NodeConfig
 from node.dispatcher import Dispatcher
 from node.jobqueue import SqlJobQueue
-from node.listener import Listener
+from node.listener import AssociationRecord, Listener
+from node.metrics import NodeMetrics
 from node.outbox import Outbox
 from node.receiver import Receiver
 from node.retention import Retention
-from node.spool import Quarantine, Spool
+from node.spool import Quarantine, Spool, free_disk_mb
+from node.web.server import WebServer
 from node.worker import Worker
 
 __all__ = ["Node"]
@@ -54,10 +57,13 @@ class Node:
         self.outbox = Outbox(self.catalogue, self.config.timing.retry)
         receiver = Receiver(self.spool, self.quarantine, self.catalogue,
                             self.config.timing.reprocess_late_instances)
-        self.listener = Listener(self.config, receiver)
+        self.metrics = NodeMetrics(self._gauges)
+        self.listener = Listener(self.config, receiver, on_closed=self._association_closed)
         self.assembler = Assembler(self.config, self.catalogue, self.queue)
-        self.worker = Worker(self.config, self.catalogue, self.queue, self.outbox)
-        self.dispatcher = Dispatcher(self.config, self.outbox)
+        self.worker = Worker(self.config, self.catalogue, self.queue, self.outbox, self.metrics)
+        self.dispatcher = Dispatcher(self.config, self.outbox, self.metrics)
+        self.web: WebServer | None = None
+        self._started_at = time.time()
         self.retention = Retention(self.config, self.catalogue, self.spool)
         self._threads: list[threading.Thread] = []
 
@@ -77,6 +83,9 @@ class Node:
             device = self.worker.pipeline(self.worker.settings_for(first.model,
                                                                    first.seg_type)).device
         self.listener.start()
+        if self.config.web.enabled:
+            self.web = WebServer(self._web_app(), self.config.web.host, self.config.web.port)
+            self.web.start()
         self.catalogue.set_state(pid=str(os.getpid()), started_at=f"{time.time():.3f}",
                                  listener=self.listener.describe(), device=device,
                                  heartbeat_at=f"{time.time():.3f}", running_job="")
@@ -89,6 +98,51 @@ class Node:
         logger.info("segnode node up: %s, device %s, %d rule(s), %d destination(s)",
                     self.listener.describe(), device, len(self.config.rules),
                     len(self.config.destinations))
+
+    def _association_closed(self, record: AssociationRecord, seconds: float) -> None:
+        self.catalogue.record_association(
+            started_at=record.started_at, calling_ae=record.calling_ae, address=record.address,
+            files=record.files, failures=record.failures, size_bytes=record.bytes,
+            seconds=seconds, result=record.result)
+        self.metrics.association_closed(record.result, record.files, record.failures,
+                                        record.bytes)
+
+    def _gauges(self) -> dict[str, Any]:
+        """State read at each scrape of /metrics."""
+        gauges: dict[str, Any] = {
+            "jobs": self.queue.counts(), "outbox": self.outbox.counts(),
+            "series": self.catalogue.series_counts(),
+            "disk_free_bytes": free_disk_mb(self.config.storage.spool_dir) * 2**20,
+        }
+        if self.worker.device_type() == "cuda":
+            import torch
+
+            gauges["gpu_memory_bytes"] = torch.cuda.memory_allocated()
+        return gauges
+
+    def readiness(self) -> dict[str, bool]:
+        """The checks of /readyz."""
+        try:
+            self.catalogue.set_state(ready_check_at=f"{time.time():.3f}")
+            writable = True
+        except Exception:  # noqa: BLE001 - any database failure means not ready
+            writable = False
+        free = free_disk_mb(self.config.storage.spool_dir)
+        return {
+            "listener_accepting": self.listener.accepting,
+            "database_writable": writable,
+            "model_loaded": self.worker.model_loaded or not self.config.rules,
+            "disk_above_threshold": free >= self.config.storage.min_free_disk_mb,
+        }
+
+    def _web_app(self) -> Any:
+        from node.web.app import create_app
+        from node.web.data import WebContext
+
+        store = ModelStore(self.config.storage.models_dir)
+        ctx = WebContext(self.config, self.catalogue, self.queue, self.outbox, self._started_at)
+        return create_app(ctx, self.metrics, readiness=self.readiness,
+                          models=lambda: [pack.info() for pack in store.list()])
 
     def _heartbeat(self) -> bool:
         running = self.worker.current_job
@@ -114,6 +168,8 @@ class Node:
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop listening and let the loops finish their current round."""
         self.stop_event.set()
+        if self.web is not None:
+            self.web.stop()
         self.listener.stop()
         deadline = time.monotonic() + timeout_s
         for thread in self._threads:

@@ -9,6 +9,7 @@ of the rule's destinations in the outbox.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from dicom_io.scan import SeriesFiles
 from node.catalogue import Catalogue
 from node.config import NodeConfig
 from node.jobqueue import Job, SqlJobQueue
+from node.metrics import NodeMetrics
 from node.outbox import Outbox
 from node.pipeline import Pipeline, VolumeResult
 from node.runner import run_series_set
@@ -41,8 +43,9 @@ class Worker:
     """
 
     def __init__(self, config: NodeConfig, catalogue: Catalogue, queue: SqlJobQueue,
-                 outbox: Outbox) -> None:
+                 outbox: Outbox, metrics: NodeMetrics | None = None) -> None:
         self.config = config
+        self.metrics = metrics
         self.catalogue = catalogue
         self.queue = queue
         self.outbox = outbox
@@ -63,9 +66,24 @@ class Worker:
         if settings not in self._pipelines:
             self._pipelines[settings] = Pipeline(settings)
             loaded = self._pipelines[settings]
+            if self.metrics is not None:
+                for engine in loaded.engines:
+                    self.metrics.model_load_seconds.labels(engine.pack.name).set(
+                        engine.describe()["load_s"])
             logger.info("model(s) %s loaded (%s)", ", ".join(
                 f"{p.name} {p.version}" for p in loaded.packs), loaded.device)
         return self._pipelines[settings]
+
+    @property
+    def model_loaded(self) -> bool:
+        """True once a pipeline (and its models) is loaded."""
+        return bool(self._pipelines)
+
+    def device_type(self) -> str:
+        """``cuda`` or ``cpu`` of the loaded models; ``none`` before any is loaded."""
+        for pipeline in self._pipelines.values():
+            return pipeline.engines[0].device.type
+        return "none"
 
     def run_once(self) -> bool:
         """Run the oldest queued job; False when there was none."""
@@ -73,16 +91,27 @@ class Worker:
         if job is None:
             return False
         self.current_job = job.id
+        started = time.time()
         try:
             self.run(job)
         finally:
             self.current_job = None
+        if self.metrics is not None:
+            finished = self.queue.get(job.id)
+            received = [self.catalogue.series_received(uid) for uid in job.series_uids]
+            last = max((r[1] for r in received if r is not None), default=job.created_at)
+            self.metrics.job_finished(finished.state if finished else "unknown", {
+                "wait_in_queue": started - job.created_at,
+                "complete_to_done": time.time() - last,
+                "process": time.time() - started,
+            })
         return True
 
     def run(self, job: Job) -> None:
         """Run one claimed job to done or failed; never raises."""
         logger.info("job %d: %d series from %s, rule %s (attempt %d)", job.id,
-                    len(job.series_uids), job.series_uid, job.rule, job.attempts)
+                    len(job.series_uids), job.series_uid, job.rule, job.attempts,
+                    extra={"job_id": job.id})
         out_root = Path(self.config.storage.output_dir) / f"job-{job.id}"
         self.queue.set_output_dir(job.id, str(out_root))
         series = [SeriesFiles(uid, tuple(self.catalogue.series_paths(uid)))
@@ -125,7 +154,8 @@ class Worker:
             notes = problems or "; ".join(r.reason for r in results if r.status == "ignored")
             self.queue.complete(job.id, summary, notes)
             logger.info("job %d done: %d volume(s), %d output file(s) for %s", job.id,
-                        len(produced), len(outputs), ", ".join(job.destinations) or "no one")
+                        len(produced), len(outputs), ", ".join(job.destinations) or "no one",
+                        extra={"job_id": job.id})
         else:
             self.queue.fail(job.id, problems, summary)
-            logger.error("job %d failed: %s", job.id, problems)
+            logger.error("job %d failed: %s", job.id, problems, extra={"job_id": job.id})
