@@ -31,6 +31,9 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         "--folds", type=int, nargs="+", help="folds to ensemble (default: 1 on CPU, all on CUDA)"
     )
     parser.add_argument("--tile-step", type=float, help="sliding-window step, fraction of patch")
+    parser.add_argument("--reports", nargs="+", choices=("pdf", "sc"),
+                        help="also write report.dcm (encapsulated PDF) and/or preview-sc.dcm "
+                             "(secondary capture of the preview)")
     parser.add_argument("--no-stations", action="store_true",
                         help="segment every series on its own (no whole-body stitching)")
     parser.add_argument("--dixon-contrast", choices=("in", "opp", "water", "fat"),

@@ -44,6 +44,7 @@ def _run_settings(args: argparse.Namespace) -> RunSettings:
         folds=tuple(args.folds) if args.folds else None,
         tile_step_size=args.tile_step,
         stations=stations,
+        reports=tuple(args.reports or ()),
     )
 
 

@@ -30,6 +30,7 @@ from pydantic import (
 from pynetdicom._validators import validate_ae
 
 from node.settings import (
+    DEFAULT_DISCLAIMER,
     StationSettings,
     check_device,
     default_models_dir,
@@ -300,8 +301,7 @@ class LoggingConfig(_Strict):
 class ReportsConfig(_Strict):
     """Wording of the PDF and preview reports (rules choose whether to send them)."""
 
-    disclaimer: str = ("Automatic segmentation by segnode. Not for diagnostic use unless "
-                       "validated locally.")
+    disclaimer: str = Field(default=DEFAULT_DISCLAIMER, min_length=1)
 
 
 class NodeConfig(_Strict):

@@ -11,8 +11,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import highdicom as hd
+from pydicom.dataset import Dataset
 
 from dicom_io.content import AlgorithmInfo, SegmentInfo, VolumeMeasurement
+from dicom_io.preview import render_preview
+from dicom_io.report import build_pdf_report, build_preview_sc
 from dicom_io.seg import build_seg
 from dicom_io.sr import STATION_GAP, ReportPart, build_volumetry_sr
 from dicom_io.stitch import Gap
@@ -32,6 +35,8 @@ __all__ = [
     "flag_dict",
     "gap_flag",
     "write_dicom_outputs",
+    "write_previews",
+    "write_reports",
     "write_station_outputs",
 ]
 
@@ -158,6 +163,54 @@ def write_station_outputs(
                             uid_seed=uid_seed)
     atomic_write_bytes(folder / names.sr, _encode(sr))
     return [*written, folder / names.sr]
+
+
+def write_previews(image: hd.Volume, runs: Sequence[PackRun], *, folder: Path,
+                   names: OutputNames) -> dict[str, Path]:
+    """One preview montage per pack that found something; pack name -> PNG path."""
+    written = {}
+    for run in runs:
+        if not run.rows:
+            continue
+        png = render_preview(image, run.labels, segment_infos(run.pack.labels))
+        path = folder / names.preview(run.pack.name)
+        atomic_write_bytes(path, png)
+        written[run.pack.name] = path
+    return written
+
+
+def write_reports(
+    sources: Sequence[Dataset],
+    runs: Sequence[PackRun],
+    previews: Mapping[str, Path],
+    *,
+    folder: Path,
+    names: OutputNames,
+    reports: Sequence[str],
+    disclaimer: str,
+    uid_seed: str | None = None,
+) -> list[Path]:
+    """The PDF report (all packs' rows, the first preview) and one preview SC per pack."""
+    found = [run for run in runs if run.pack.name in previews]
+    if not found:
+        return []
+    written = []
+    if "pdf" in reports:
+        pdf = build_pdf_report(
+            sources, [row for run in runs for row in run.rows],
+            [flag["message"] for run in runs for flag in run.flags],
+            previews[found[0].pack.name].read_bytes(), [_algorithm(r.pack) for r in found],
+            disclaimer=disclaimer, uid_seed=uid_seed)
+        atomic_write_bytes(folder / names.pdf, _encode(pdf))
+        written.append(folder / names.pdf)
+    if "sc" in reports:
+        for run in found:
+            sc = build_preview_sc(sources, previews[run.pack.name].read_bytes(),
+                                  _algorithm(run.pack), uid_seed=uid_seed)
+            path = folder / names.preview_sc(run.pack.name)
+            atomic_write_bytes(path, _encode(sc))
+            written.append(path)
+    return written
 
 
 def _measurements(rows: Sequence[Mapping[str, Any]]) -> list[VolumeMeasurement]:

@@ -8,6 +8,9 @@ Layout, one folder per segmented volume under the run's output folder::
     OUTDIR/<key>/volumes.csv     one row per structure present
     OUTDIR/<key>/volumes.json    the same rows plus QC flags and provenance
     OUTDIR/<key>/manifest.json   written last: marks the folder complete
+    OUTDIR/<key>/preview.png     axial and coronal slices with the labels (DICOM input)
+    OUTDIR/<key>/report.dcm      encapsulated PDF report (rule/`--reports pdf`)
+    OUTDIR/<key>/preview-sc.dcm  secondary capture of the preview (`--reports sc`)
 
 A run with several packs writes ``seg-<pack>.dcm`` and ``labels-<pack>.nii.gz``
 per pack, one ``sr.dcm`` and one table for all (the ``model`` column says
@@ -81,6 +84,7 @@ class OutputNames:
 
     per_pack: bool
     sr: str = "sr.dcm"
+    pdf: str = "report.dcm"
 
     def seg(self, pack: str, station: str | None = None) -> str:
         """The SEG of ``pack`` (for one station series of stitched stations)."""
@@ -90,6 +94,14 @@ class OutputNames:
     def labels(self, pack: str) -> str:
         """The label map of ``pack``."""
         return f"labels-{pack}.nii.gz" if self.per_pack else "labels.nii.gz"
+
+    def preview(self, pack: str) -> str:
+        """The preview montage (PNG) of ``pack``'s labels."""
+        return f"preview-{pack}.png" if self.per_pack else "preview.png"
+
+    def preview_sc(self, pack: str) -> str:
+        """The secondary capture of ``pack``'s preview."""
+        return f"preview-sc-{pack}.dcm" if self.per_pack else "preview-sc.dcm"
 
 
 @dataclass(frozen=True)

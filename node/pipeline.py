@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import highdicom as hd
+from pydicom.dataset import Dataset
 
 from dicom_io.nifti import read_nifti, write_image_nifti, write_label_nifti
 from dicom_io.stations import StationSet
@@ -113,6 +114,8 @@ class Pipeline:
         files = exports.write_dicom_outputs(series, runs, folder=outputs.folder, names=names,
                                             seg_type=self.settings.seg_type)
         files += self._write_labels(runs, outputs.folder, names)
+        files += self._write_previews_and_reports(series.volume, series.source, runs,
+                                                  outputs.folder, names)
         rows = [row for run in runs for row in run.rows]
         outputs.write_tables(rows, self._table_extra(series.key, runs, skipped))
         outputs.write_manifest(self.model_id, [*files, outputs.table_csv, outputs.table_json])
@@ -184,6 +187,9 @@ class Pipeline:
             folder=outputs.folder, names=names, seg_type=self.settings.seg_type,
             gap=bool(stitched.gaps), uid_seed=key)
         files += self._write_labels(runs, outputs.folder, names)
+        files += self._write_previews_and_reports(
+            stitched.volume, [s for v in targets for s in v.source], runs, outputs.folder, names,
+            uid_seed=key)
         if self.settings.stations.write_stitched:
             files.append(write_image_nifti(stitched.volume, outputs.folder / "stitched.nii.gz"))
         extra = self._table_extra(key, runs, skipped)
@@ -232,6 +238,15 @@ class Pipeline:
             write_label_nifti(run.labels, path)
             files.append(path)
         return files
+
+    def _write_previews_and_reports(self, image: hd.Volume, sources: Sequence[Dataset],
+                                    runs: Sequence[PackRun], folder: Path, names: OutputNames,
+                                    *, uid_seed: str | None = None) -> list[Path]:
+        previews = exports.write_previews(image, runs, folder=folder, names=names)
+        reports = exports.write_reports(
+            sources, runs, previews, folder=folder, names=names, reports=self.settings.reports,
+            disclaimer=self.settings.disclaimer, uid_seed=uid_seed)
+        return [*previews.values(), *reports]
 
     def _table_extra(self, key: str, runs: Sequence[PackRun], skipped: Sequence[dict]) -> dict:
         return {

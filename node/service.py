@@ -80,8 +80,8 @@ class Node:
         device = "none (no rules)"
         if self.config.rules:
             first = self.config.rules[0]
-            device = self.worker.pipeline(self.worker.settings_for(first.model,
-                                                                   first.seg_type)).device
+            device = self.worker.pipeline(self.worker.settings_for(
+                first.model, first.seg_type, first.reports)).device
         self.listener.start()
         if self.config.web.enabled:
             self.web = WebServer(self._web_app(), self.config.web.host, self.config.web.port)

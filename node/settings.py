@@ -12,6 +12,7 @@ from dicom_io.stations import StationGrouping
 from segnode_errors import ConfigError
 
 __all__ = [
+    "DEFAULT_DISCLAIMER",
     "RunSettings",
     "StationSettings",
     "check_device",
@@ -27,6 +28,11 @@ def check_device(value: str) -> str:
     if not _DEVICE_PATTERN.match(value):
         raise ValueError(f"must be auto, cpu, cuda or cuda:N, got {value!r}")
     return value
+
+
+#: Printed on the PDF report unless ``reports.disclaimer`` says otherwise.
+DEFAULT_DISCLAIMER = ("Automatic segmentation by segnode. Not for diagnostic use unless "
+                      "validated locally.")
 
 
 def default_models_dir() -> Path:
@@ -119,6 +125,11 @@ class RunSettings(BaseModel):
         engine choose for the device.
     stations
         Grouping and stitching of multi-station acquisitions.
+    reports
+        Extra outputs every viewer can show: ``pdf`` (encapsulated PDF report)
+        and ``sc`` (secondary capture of the preview).
+    disclaimer
+        Wording printed on the PDF report.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -130,6 +141,8 @@ class RunSettings(BaseModel):
     folds: tuple[int, ...] | None = None
     tile_step_size: float | None = Field(default=None, gt=0.0, le=1.0)
     stations: StationSettings = Field(default_factory=StationSettings)
+    reports: tuple[Literal["pdf", "sc"], ...] = ()
+    disclaimer: str = DEFAULT_DISCLAIMER
 
     _check_device = field_validator("device")(check_device)
     _check_models = field_validator("models", mode="before")(lambda v: pack_names(v))

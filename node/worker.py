@@ -52,11 +52,13 @@ class Worker:
         self._pipelines: dict[RunSettings, Pipeline] = {}
         self.current_job: int | None = None
 
-    def settings_for(self, models: tuple[str, ...], seg_type: str) -> RunSettings:
-        """The run settings of a rule's packs on this node's device."""
+    def settings_for(self, models: tuple[str, ...], seg_type: str,
+                     reports: tuple[str, ...] = ()) -> RunSettings:
+        """The run settings of a rule's packs and reports on this node's device."""
         processing = self.config.processing
         return RunSettings.build(
-            models=models, models_dir=self.config.storage.models_dir, device=processing.device,
+            models=models, reports=reports, disclaimer=self.config.reports.disclaimer,
+            models_dir=self.config.storage.models_dir, device=processing.device,
             seg_type=seg_type, folds=processing.folds, tile_step_size=processing.tile_step_size,
             stations=self.config.stations,
         )
@@ -122,7 +124,9 @@ class Worker:
             return
         try:
             models = tuple(job.model.split(",")) if job.model else ()
-            pipeline = self.pipeline(self.settings_for(models, job.seg_type))
+            rule = next((r for r in self.config.rules if r.name == job.rule), None)
+            pipeline = self.pipeline(self.settings_for(models, job.seg_type,
+                                                       rule.reports if rule else ()))
             results = run_series_set(pipeline, series, out_root, live=False)
         except SegnodeError as exc:
             self.queue.fail(job.id, str(exc))

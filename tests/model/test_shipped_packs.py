@@ -68,9 +68,10 @@ def ct_series(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                 uid_seed="shipped-ct", fov_mm=(64.0, 96.0, 96.0)).folder
 
 
-def _run(store: ModelStore, models: tuple[str, ...], series: Path, out: Path) -> list:
+def _run(store: ModelStore, models: tuple[str, ...], series: Path, out: Path,
+         reports: tuple[str, ...] = ()) -> list:
     settings = RunSettings(models=models, models_dir=store.root, device="cpu",
-                           tile_step_size=1.0)
+                           tile_step_size=1.0, reports=reports)
     return run_series_set(Pipeline(settings), find_series(series), out, live=False)
 
 
@@ -171,10 +172,16 @@ def test_pack_segments_a_phantom_into_coded_seg_and_sr(store: ModelStore, mr_ser
 def test_several_packs_one_seg_each_and_one_sr(store: ModelStore, mr_series: Path,
                                                tmp_path: Path) -> None:
     packs = ("mrsegmentator", "mrsegmentator-bodycomp")
-    results = _run(store, packs, mr_series, tmp_path)
+    results = _run(store, packs, mr_series, tmp_path, reports=("pdf", "sc"))
     folder = results[0].folder
     assert sorted(p.name for p in folder.glob("*.dcm")) == [
-        "seg-mrsegmentator-bodycomp.dcm", "seg-mrsegmentator.dcm", "sr.dcm"]
+        "preview-sc-mrsegmentator-bodycomp.dcm", "preview-sc-mrsegmentator.dcm",
+        "report.dcm", "seg-mrsegmentator-bodycomp.dcm", "seg-mrsegmentator.dcm", "sr.dcm"]
+    assert sorted(p.name for p in folder.glob("preview*.png")) == [
+        "preview-mrsegmentator-bodycomp.png", "preview-mrsegmentator.png"]
+    pdf = pydicom.dcmread(folder / "report.dcm")
+    assert pdf.SOPClassUID == "1.2.840.10008.5.1.4.1.1.104.1"
+    assert pdf.StudyInstanceUID == pydicom.dcmread(next(mr_series.iterdir())).StudyInstanceUID
     assert sorted(p.name for p in folder.glob("labels*.nii.gz")) == [
         "labels-mrsegmentator-bodycomp.nii.gz", "labels-mrsegmentator.nii.gz"]
     segs = {}

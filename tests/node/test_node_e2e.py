@@ -91,7 +91,8 @@ def _install_standins(models: Path, archives: Path) -> None:
 class NodeProcess:
     """``segnode serve`` in the namespace, with its configuration and catalogue."""
 
-    def __init__(self, ns: NetNamespace, root: Path, orthanc: Orthanc) -> None:
+    def __init__(self, ns: NetNamespace, root: Path, orthanc: Orthanc,
+                 overrides: dict | None = None) -> None:
         self.ns = ns
         self.root = root
         self.port = ns.free_port()
@@ -105,7 +106,7 @@ class NodeProcess:
             "rules": [{"name": "two-packs",
                        "match": {"modality": ["MR"], "series_description": "two packs"},
                        "model": list(TWO_PACKS), "whole_study": False,
-                       "destinations": ["pacs"]},
+                       "reports": ["pdf", "sc"], "destinations": ["pacs"]},
                       {"name": "mr", "match": {"modality": ["MR"], "min_slices": 10},
                        "destinations": ["pacs"]}],
             "timing": {"series_quiet_s": 2, "study_quiet_s": 3, "poll_interval_s": 0.2,
@@ -113,6 +114,8 @@ class NodeProcess:
             "storage": {"min_free_disk_mb": 0, "models_dir": str(root / "models")},
             "processing": {"device": "cpu", "tile_step_size": 0.75},
         }
+        for section, values in (overrides or {}).items():
+            config[section] = {**config.get(section, {}), **values}
         root.mkdir(parents=True, exist_ok=True)
         _install_standins(root / "models", root / "archives")
         self.config_path.write_text(yaml.safe_dump(config))
@@ -277,6 +280,17 @@ def test_a_rule_with_two_packs_sends_a_seg_per_pack_and_one_sr(setup: Setup) -> 
                 for sop in item.ReferencedSOPSequence}
     assert {seg.SOPInstanceUID for seg in segs.values()} <= evidence
     assert sr.SeriesDescription == "+".join(TWO_PACKS) + " volumetry"
+
+    def reports_arrived() -> dict[str, int]:
+        classes: dict[str, int] = {}
+        for instance_id in setup.orthanc.instances():
+            tags = setup.orthanc.instance_tags(instance_id)
+            if tags.get("StudyInstanceUID") == sr.StudyInstanceUID:
+                uid = str(tags.get("SOPClassUID"))
+                classes[uid] = classes.get(uid, 0) + 1
+        pdf, sc = "1.2.840.10008.5.1.4.1.1.104.1", "1.2.840.10008.5.1.4.1.1.7"
+        return classes if classes.get(pdf) == 1 and classes.get(sc) == 2 else {}
+    wait_for("the PDF report and one preview per pack at Orthanc", reports_arrived, setup.node)
 
 
 def test_corrupt_file_is_quarantined_and_the_next_series_is_processed(setup: Setup,
