@@ -397,6 +397,25 @@ class Catalogue:
             row = db.execute(sa.select(series).where(series.c.series_uid == series_uid)).first()
             return dict(row._mapping) if row is not None else None
 
+    def list_studies(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The most recently received studies with their series (state, modality, job)."""
+        with self.engine.connect() as db:
+            rows = db.execute(sa.select(
+                series.c.study_uid, series.c.series_uid, series.c.modality, series.c.state,
+                series.c.job_id, series.c.first_received_at, series.c.last_received_at,
+            ).order_by(series.c.last_received_at.desc()).limit(50 * limit)).all()
+        studies: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            study = studies.setdefault(row.study_uid, {
+                "study_uid": row.study_uid, "series": [], "first_received_at": None,
+                "last_received_at": row.last_received_at})
+            study["series"].append({"series_uid": row.series_uid, "modality": row.modality,
+                                    "state": row.state, "job_id": row.job_id})
+            first = study["first_received_at"]
+            study["first_received_at"] = min(first, row.first_received_at) if first else \
+                row.first_received_at
+        return list(studies.values())[:limit]
+
     def count_by_state(self, table: sa.Table, states: tuple[str, ...] = ()) -> dict[str, int]:
         """Rows of ``table`` per ``state``; every one of ``states`` is present, zero or not."""
         with self.engine.connect() as db:

@@ -1,6 +1,6 @@
 """The dashboard, the JSON API, ``/metrics`` and the health endpoints (FastAPI).
 
-Pages (``/``, ``/associations``, ``/jobs``, ``/jobs/{id}``, ``/failures``,
+Pages (``/``, ``/associations``, ``/studies``, ``/jobs``, ``/jobs/{id}``, ``/failures``,
 ``/destinations``, ``/models``, ``/config``) render the documents that the
 JSON API under ``/api`` returns; OpenAPI is at ``/docs``. Actions (retry a
 job or a delivery, C-ECHO a destination) need ``Authorization: Bearer
@@ -109,6 +109,11 @@ def create_app(ctx: WebContext, metrics: NodeMetrics, *,
     def api_associations(limit: int = 100) -> list[dict[str, Any]]:
         return ctx.catalogue.list_associations(limit=min(max(limit, 1), 1000))
 
+    @app.get("/api/studies", dependencies=read)
+    def api_studies(limit: int = 100) -> list[dict[str, Any]]:
+        """Recent studies, each with its series, their state and the job that took them."""
+        return ctx.catalogue.list_studies(limit=min(max(limit, 1), 1000))
+
     @app.get("/api/jobs", dependencies=read)
     def api_jobs(state: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         return [data.job_summary(j) for j in ctx.queue.list(state, limit=min(limit, 1000))]
@@ -206,6 +211,11 @@ def create_app(ctx: WebContext, metrics: NodeMetrics, *,
              include_in_schema=False)
     def page_associations(request: Request) -> HTMLResponse:
         return page(request, "associations.html", rows=ctx.catalogue.list_associations(200))
+
+    @app.get("/studies", response_class=HTMLResponse, dependencies=read,
+             include_in_schema=False)
+    def page_studies(request: Request) -> HTMLResponse:
+        return page(request, "studies.html", studies=ctx.catalogue.list_studies(200))
 
     @app.get("/jobs", response_class=HTMLResponse, dependencies=read, include_in_schema=False)
     def page_jobs(request: Request, state: str | None = None) -> HTMLResponse:

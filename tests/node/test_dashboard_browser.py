@@ -56,6 +56,8 @@ def test_overview_job_preview_and_retry_in_a_browser(tmp_path: Path) -> None:
             failed = wait_for("failed deliveries", lambda: [
                 d for d in node.outbox.for_job(job.id) if d.state == "failed"] if all(
                 d.state == "failed" for d in node.outbox.for_job(job.id)) else None, node)
+            ready = json.loads(ns.http_request("GET", f"http://127.0.0.1:{web_port}/readyz"))
+            metrics = ns.http_request("GET", f"http://127.0.0.1:{web_port}/metrics").decode()
             orthanc.start()
             shots = tmp_path / "screenshots"
             request = {"base": f"http://127.0.0.1:{web_port}", "token": TOKEN,
@@ -71,6 +73,12 @@ def test_overview_job_preview_and_retry_in_a_browser(tmp_path: Path) -> None:
         finally:
             node.stop()
             orthanc.close()
+    assert ready == {"ready": True, "checks": {
+        "listener_accepting": True, "database_writable": True, "model_loaded": True,
+        "disk_above_threshold": True}}
+    assert 'segnode_associations_total{result="accepted"} 1.0' in metrics
+    assert 'segnode_jobs_finished_total{state="done"} 1.0' in metrics
+    assert 'segnode_deliveries_attempted_total{result="failed"}' in metrics
     assert result["listener"] == "up" and result["device"] == "cpu"
     assert result["job_state"] == "done" and result["volume_rows"] >= 5
     assert result["preview_sizes"] and all(w > 200 and h > 200

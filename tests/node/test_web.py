@@ -101,8 +101,12 @@ def test_overview_and_jobs_read_without_token_on_loopback(site: Site) -> None:
     assert detail["header"]["modality"] == "MR" and "patient_name" not in detail["header"]
     page = site.client.get(f"/jobs/{site.done}")
     assert page.status_code == 200 and "liver" in page.text and "preview.png" in page.text
-    for path in ("/", "/associations", "/jobs", "/failures", "/destinations", "/models",
-                 "/config"):
+    [study] = site.client.get("/api/studies").json()
+    assert [(x["series_uid"], x["state"]) for x in study["series"]] == [
+        (site.series_uid, "receiving")]
+    assert study["first_received_at"] <= study["last_received_at"]
+    for path in ("/", "/associations", "/studies", "/jobs", "/failures", "/destinations",
+                 "/models", "/config"):
         assert site.client.get(path).status_code == 200, path
 
 
@@ -112,7 +116,8 @@ def test_no_patient_names_on_pages_unless_allowed(tmp_path: Path) -> None:
     hidden = Site(tmp_path / "a", {"token": TOKEN})
     name = str(dcmread(hidden.catalogue.series_paths(hidden.series_uid)[0]).PatientName)
     assert name  # the phantom has a patient name to leak
-    for path in ("/", f"/jobs/{hidden.done}", "/jobs", "/failures"):
+    for path in ("/", f"/jobs/{hidden.done}", "/jobs", "/failures", "/studies",
+                 f"/api/jobs/{hidden.done}"):
         assert name not in hidden.client.get(path).text, path
     shown = Site(tmp_path / "b", {"token": TOKEN, "show_patient_names": True})
     assert name in shown.client.get(f"/jobs/{shown.done}").text
