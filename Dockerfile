@@ -52,11 +52,12 @@ RUN pip install --no-cache-dir torch==2.14.1 torchvision==0.29.1 . \
     && segnode models verify \
     && chown -R 10001:10001 /opt/segnode-models
 
-# The image's default configuration: the shipped one, listening on every
+# The image's default configuration: the shipped one, DICOM listening on every
 # interface of the container, the installed MRSegmentator pack, data in the
-# volume /var/lib/segnode. `config check` fails the build if an edit breaks it.
+# volume /var/lib/segnode. The dashboard stays on the container's loopback
+# until a mounted configuration sets web.host: 0.0.0.0 and web.token. `config check` fails the build if an edit breaks it.
 RUN sed -i \
-        -e 's|^  host: 127.0.0.1 .*|  host: 0.0.0.0|' \
+        -e 's|^  host: 127.0.0.1 *# IP address to listen on.*|  host: 0.0.0.0|' \
         -e 's|^    model: null .*|    model: mrsegmentator|' \
         -e 's|^  spool_dir: .*|  spool_dir: /var/lib/segnode/spool|' \
         -e 's|^  quarantine_dir: .*|  quarantine_dir: /var/lib/segnode/quarantine|' \
@@ -69,7 +70,7 @@ RUN sed -i \
 USER 10001
 WORKDIR /var/lib/segnode
 VOLUME ["/var/lib/segnode"]
-EXPOSE 11112
+EXPOSE 11112 8080
 ENV SEGNODE_CONFIG=/etc/segnode/config.yaml
 ENTRYPOINT ["segnode"]
 CMD ["serve"]

@@ -22,6 +22,7 @@ from sqlalchemy.engine import Connection
 from node.catalogue import Catalogue
 from node.config import NodeConfig, RuleConfig
 from node.jobqueue import SqlJobQueue
+from node.metrics import NodeMetrics
 from node.rules import decide
 
 __all__ = ["Assembler"]
@@ -38,12 +39,16 @@ class Assembler:
         Rules and the quiet time.
     catalogue, queue
         Where series are found and jobs go (the same database).
+    metrics
+        Counts the series found complete.
     """
 
-    def __init__(self, config: NodeConfig, catalogue: Catalogue, queue: SqlJobQueue) -> None:
+    def __init__(self, config: NodeConfig, catalogue: Catalogue, queue: SqlJobQueue,
+                 metrics: NodeMetrics | None = None) -> None:
         self.config = config
         self.catalogue = catalogue
         self.queue = queue
+        self.metrics = metrics
 
     def run_once(self) -> int:
         """Decide every quiet series, then every quiet study; returns how many jobs were queued."""
@@ -62,6 +67,8 @@ class Assembler:
                                                       received_before=cutoff, waiting=waiting,
                                                       rule=rule.name if rule else ""):
                     continue
+                if self.metrics is not None:
+                    self.metrics.series_completed.inc()
                 if rule is None:
                     logger.info("series %s complete (%d instances), not processed: %s",
                                 series.series_uid, series.n_instances, decision.reason)

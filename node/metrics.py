@@ -68,6 +68,8 @@ class NodeMetrics:
                              registry=r)
         self.associations = Counter("segnode_associations", "Associations by result",
                                     ["result"], registry=r)
+        self.series_completed = Counter("segnode_series_completed",
+                                        "Series found complete (quiet time)", registry=r)
         self.jobs_finished = Counter("segnode_jobs_finished", "Jobs finished by state",
                                      ["state"], registry=r)
         self.stage_seconds = Histogram("segnode_stage_seconds", "Duration of each stage",

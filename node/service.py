@@ -59,7 +59,7 @@ class Node:
                             self.config.timing.reprocess_late_instances)
         self.metrics = NodeMetrics(self._gauges)
         self.listener = Listener(self.config, receiver, on_closed=self._association_closed)
-        self.assembler = Assembler(self.config, self.catalogue, self.queue)
+        self.assembler = Assembler(self.config, self.catalogue, self.queue, self.metrics)
         self.worker = Worker(self.config, self.catalogue, self.queue, self.outbox, self.metrics)
         self.dispatcher = Dispatcher(self.config, self.outbox, self.metrics)
         self.web: WebServer | None = None

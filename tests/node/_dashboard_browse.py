@@ -8,8 +8,10 @@ Run as a script inside the test's network namespace::
 ``delivery_id``, ``out_dir`` (screenshots) and ``timeout_s``. The steps:
 open the overview; open the finished job from the jobs page and wait for its
 preview image; on the failures page enter the token and press Retry on the
-failed delivery; reload the job until the delivery shows ``done``. A
-screenshot of each page goes to ``out_dir``. Playwright drives the system
+failed delivery; reload the job until the delivery shows ``done``; press
+C-ECHO on the destinations page; visit the associations, studies, jobs,
+models and configuration pages. A screenshot of each page goes to
+``out_dir``. Playwright drives the system
 Chromium (``/usr/bin/chromium``); it never downloads a browser.
 """
 
@@ -76,6 +78,23 @@ def walk(job: dict[str, Any]) -> dict[str, Any]:
             time.sleep(1.0)
         found["delivery_after"] = state
         page.screenshot(path=str(out / "job-delivered.png"), full_page=True)
+
+        page.goto(job["base"] + "/destinations")
+        page.click('[data-testid="echo-pacs"]')
+        found["echo"] = page.wait_for_selector(
+            '[data-testid="echo-pacs-result"]:not(:empty)').inner_text()
+        page.screenshot(path=str(out / "destinations.png"), full_page=True)
+        for name in ("associations", "studies", "jobs", "models", "config"):
+            page.goto(f'{job["base"]}/{name}')
+            page.screenshot(path=str(out / f"{name}.png"), full_page=True)
+            if name == "associations":
+                found["association_rows"] = page.eval_on_selector_all(
+                    '[data-testid="associations"] tr', "rows => rows.length - 1")
+            elif name == "studies":
+                found["study_rows"] = page.eval_on_selector_all(
+                    '[data-testid="studies"] tr', "rows => rows.length - 1")
+            elif name in ("models", "config"):
+                found[f"{name}_text"] = page.inner_text("main")
         browser.close()
     return found
 

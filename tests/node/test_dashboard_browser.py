@@ -78,6 +78,7 @@ def test_overview_job_preview_and_retry_in_a_browser(tmp_path: Path) -> None:
         "disk_above_threshold": True}}
     assert 'segnode_associations_total{result="accepted"} 1.0' in metrics
     assert 'segnode_jobs_finished_total{state="done"} 1.0' in metrics
+    assert "segnode_series_completed_total 1.0" in metrics
     assert 'segnode_deliveries_attempted_total{result="failed"}' in metrics
     assert result["listener"] == "up" and result["device"] == "cpu"
     assert result["job_state"] == "done" and result["volume_rows"] >= 5
@@ -86,5 +87,10 @@ def test_overview_job_preview_and_retry_in_a_browser(tmp_path: Path) -> None:
     assert result["delivery_before"] == "failed"
     assert json.loads(result["retry_answer"]) == {"delivery": failed[0].id, "state": "pending"}
     assert result["delivery_after"] == "done"
-    for name in ("overview.png", "job.png", "failures-retried.png", "job-delivered.png"):
+    assert result["echo"].startswith('{"destination":"pacs","ok":true')
+    assert result["association_rows"] >= 1 and result["study_rows"] == 1
+    assert "demo" in result["models_text"] and "***" in result["config_text"]
+    for name in ("overview.png", "job.png", "failures-retried.png", "job-delivered.png",
+                 "associations.png", "studies.png", "jobs.png", "destinations.png",
+                 "models.png", "config.png"):
         assert (shots / name).stat().st_size > 10000, name
