@@ -10,7 +10,7 @@ TORCH_PINS  := torch==2.14.1 torchvision==0.29.1
 STAMP       := $(VENV)/.segnode-installed
 DEMO_OUT    ?= out/demo
 
-.PHONY: all setup run test test-fast lint peers clean demo-model bench bench-stitch
+.PHONY: all setup run test test-fast lint peers clean demo-model bench bench-stitch bench-seg
 
 all: test
 
@@ -57,6 +57,11 @@ bench: $(STAMP) peers
 # Stitching time and peak memory of a NAKO-sized 4-station case next to plain SimpleITK.
 bench-stitch: $(STAMP)
 	$(BIN)/python bench/stitch.py
+
+# DICOM-SEG writing (40 segments, 300 slices) next to dcmqi's itkimage2segimage (installs dcmqi
+# into .bench/; a few minutes).
+bench-seg: $(STAMP)
+	$(BIN)/python bench/seg_write.py --json .bench/seg_write.json
 
 # Re-train the embedded demo model from the phantom generator (CPU, minutes).
 demo-model: $(STAMP)
