@@ -97,11 +97,10 @@ def _geometry(position: object, orientation: object, spacing: object) -> tuple[n
     )
 
 
-def _frame_indices(
-    inverse: np.ndarray, geometry: tuple[np.ndarray, ...], shape: tuple[int, int, int],
-    rows: int, cols: int,
+def _frame_steps(
+    inverse: np.ndarray, geometry: tuple[np.ndarray, ...],
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Return (k, j, i) index arrays of shape (rows, cols) for one source frame.
+    """Voxel-index origin, row step and column step of one source frame, checked on-grid.
 
     Raises
     ------
@@ -117,18 +116,42 @@ def _frame_indices(
             raise ExportError(
                 f"Source frame {name} is not on the label volume grid: index {vec.round(3)}."
             )
+    return (np.round(origin).astype(np.int64), np.round(row_step).astype(np.int64),
+            np.round(col_step).astype(np.int64))
+
+
+def _frame(array: np.ndarray, steps: tuple[np.ndarray, np.ndarray, np.ndarray],
+           rows: int, cols: int) -> np.ndarray:
+    """The (rows, cols) labels of one source frame.
+
+    A frame whose row and column steps are single voxel steps along two
+    different axes (always so for labels on the source grid) is a strided
+    view of the volume; any other is gathered index by index.
+
+    Raises
+    ------
+    ExportError
+        If the frame lies outside the volume.
+    """
+    origin, row_step, col_step = steps
+    shape = array.shape[:3]
+    last = origin + (rows - 1) * row_step + (cols - 1) * col_step
+    if origin.min() < 0 or last.min() < 0 or np.any(origin >= shape) or np.any(last >= shape):
+        raise ExportError(f"Source frame lies outside the label volume (shape {shape}).")
+    row_axes, col_axes = np.flatnonzero(row_step), np.flatnonzero(col_step)
+    if (len(row_axes) == 1 and len(col_axes) == 1 and row_axes[0] != col_axes[0]
+            and abs(row_step[row_axes[0]]) == 1 and abs(col_step[col_axes[0]]) == 1):
+        ra, ca = int(row_axes[0]), int(col_axes[0])
+        index: list[object] = [int(v) for v in origin]
+        for axis, step, count in ((ra, int(row_step[ra]), rows), (ca, int(col_step[ca]), cols)):
+            start = int(origin[axis])
+            stop = start + step * count
+            index[axis] = slice(start, stop if stop >= 0 else None, step)
+        view = array[tuple(index)]
+        return view if ra < ca else view.T
     r = np.arange(rows)[:, None]
     c = np.arange(cols)[None, :]
-    idx = [
-        np.round(origin[a] + r * row_step[a] + c * col_step[a]).astype(np.int64)
-        for a in range(3)
-    ]
-    for a in range(3):
-        if idx[a].min() < 0 or idx[a].max() >= shape[a]:
-            raise ExportError(
-                f"Source frame lies outside the label volume (axis {a}, shape {shape})."
-            )
-    return idx[0], idx[1], idx[2]
+    return array[tuple(origin[a] + r * row_step[a] + c * col_step[a] for a in range(3))]
 
 
 def labels_in_source_order(labels: hd.Volume, source_images: Sequence[Dataset]) -> np.ndarray:
@@ -156,11 +179,8 @@ def labels_in_source_order(labels: hd.Volume, source_images: Sequence[Dataset]) 
     rows, cols = int(source_images[0].Rows), int(source_images[0].Columns)
     inverse = np.linalg.inv(labels.affine)
     array = labels.array
-    shape = tuple(array.shape[:3])
-    frames = [
-        array[_frame_indices(inverse, geometry, shape, rows, cols)]
-        for geometry in _frame_geometries(source_images)
-    ]
+    frames = [_frame(array, _frame_steps(inverse, geometry), rows, cols)
+              for geometry in _frame_geometries(source_images)]
     return np.stack(frames)
 
 
@@ -224,7 +244,9 @@ def _present_segments(
 ) -> tuple[list[SegmentInfo], np.ndarray]:
     """Return the described labels present (ascending) and a label -> segment lookup."""
     by_label = {s.number: s for s in segments}
-    present = [int(v) for v in np.unique(frames) if v != 0]
+    counts = np.bincount(frames.ravel()) if frames.dtype.kind in "ub" else None
+    present = ([int(v) for v in np.flatnonzero(counts) if v != 0] if counts is not None
+               else [int(v) for v in np.unique(frames) if v != 0])
     missing = [v for v in present if v not in by_label]
     if missing:
         raise ExportError(f"Label values {missing} have no SegmentInfo.")

@@ -291,3 +291,30 @@ def test_enhanced_multiframe_source_frames_land_on_positions():
         value = number_to_value[item.SegmentIdentificationSequence[0].ReferencedSegmentNumber]
         truth = truth_at[tuple(np.round(ipp, 3))] == value
         np.testing.assert_array_equal(seg.pixel_array[f].astype(bool), truth)
+
+
+def test_frame_view_equals_the_gathered_frame():
+    """Every axis pair and sign of unit steps: the strided view is the index-by-index gather."""
+    import itertools
+
+    from dicom_io.seg import _frame
+
+    array = np.random.default_rng(5).integers(0, 9, (6, 7, 8)).astype(np.uint8)
+    for ra, ca in itertools.permutations(range(3), 2):
+        for rs, cs in itertools.product((1, -1), repeat=2):
+            row_step, col_step = np.zeros(3, np.int64), np.zeros(3, np.int64)
+            row_step[ra], col_step[ca] = rs, cs
+            rows, cols = array.shape[ra] - 1, array.shape[ca] - 2
+            origin = np.array([2, 3, 4])
+            origin[ra] = 0 if rs == 1 else array.shape[ra] - 1
+            origin[ca] = 1 if cs == 1 else array.shape[ca] - 1
+            r, c = np.arange(rows)[:, None], np.arange(cols)[None, :]
+            gathered = array[tuple(origin[a] + r * row_step[a] + c * col_step[a]
+                                   for a in range(3))]
+            view = _frame(array, (origin, row_step, col_step), rows, cols)
+            assert view.shape == (rows, cols) and np.array_equal(view, gathered), (ra, ca, rs, cs)
+    diagonal = (np.array([0, 0, 0]), np.array([1, 1, 0]), np.array([0, 0, 1]))
+    assert np.array_equal(_frame(array, diagonal, 5, 8),
+                          np.stack([array[n, n, :8] for n in range(5)]))
+    with pytest.raises(ExportError, match="outside the label volume"):
+        _frame(array, (np.array([0, 0, 0]), np.array([0, 1, 0]), np.array([0, 0, 1])), 8, 8)
