@@ -22,7 +22,6 @@ with the file, the label and what is wrong.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ import yaml
 
 from segnode_errors import ModelError
 
-from .labels import ANATOMICAL_STRUCTURE, Code, LabelTable, Structure
+from .labels import ANATOMICAL_STRUCTURE, Code, LabelTable, Structure, _laterality_of
 from .sctid import is_valid_sctid
 
 __all__ = ["LABELS_JSON", "read_label_file", "table_from_entries", "write_label_json",
@@ -100,7 +99,7 @@ def _check_table(structures: list[Structure], source: str) -> None:
                              f"{list(structure.rgb)}; every structure needs its own.")
     by_name = {s.name: s for s in structures}
     for structure in structures:
-        side = _side_in_name(structure.name)
+        side = _laterality_of(structure.name)
         if side is not None and structure.laterality != side:
             raise ModelError(f"{source}: '{structure.name}' names the {side} side but its "
                              f"laterality is {structure.laterality or 'absent'}.")
@@ -111,12 +110,6 @@ def _check_table(structures: list[Structure], source: str) -> None:
         if twin is not None and twin.type_code.value != structure.type_code.value:
             raise ModelError(f"{source}: '{structure.name}' and '{twin.name}' must share their "
                              "code and differ only in laterality.")
-
-
-def _side_in_name(name: str) -> str | None:
-    words = set(re.split(r"[^a-z]+", name.lower()))
-    sides = words & {"left", "right"}
-    return sides.pop() if len(sides) == 1 else None
 
 
 def table_from_entries(entries: Any, source: str, *, name: str) -> LabelTable:

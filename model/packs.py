@@ -59,6 +59,7 @@ __all__ = [
     "ModelPack",
     "NnunetModel",
     "checkpoint_hashes",
+    "dataset_labels",
     "find_folds",
     "is_nnunet_folder",
     "load_pack",
@@ -406,7 +407,7 @@ def load_pack(folder: Path | str, *, name: str | None = None, builtin: bool = Fa
     if own_table.is_file():
         table = read_label_json(own_table, name=pack_name)
     elif len(models) == 1 and not models[0].label_map:
-        table = table_from_dataset_json(_dataset_labels(models[0].folder), name=pack_name)
+        table = table_from_dataset_json(dataset_labels(models[0].folder), name=pack_name)
     else:
         raise ModelError(f"Pack '{folder}' has several models but no {LABELS_JSON}.")
     _check_label_values(pack_name, models, table)
@@ -458,7 +459,8 @@ def _declared_models(folder: Path, entries: Any) -> tuple[NnunetModel, ...]:
     return tuple(models)
 
 
-def _dataset_labels(folder: Path) -> dict[str, Any]:
+def dataset_labels(folder: Path) -> dict[str, Any]:
+    """The ``labels`` object of a model folder's ``dataset.json``."""
     labels = _read_json(folder / "dataset.json").get("labels")
     if not isinstance(labels, dict):
         raise ModelError(f"'{folder / 'dataset.json'}' has no 'labels' object.")
@@ -469,7 +471,7 @@ def _check_label_values(pack_name: str, models: tuple[NnunetModel, ...],
                         table: LabelTable) -> None:
     """Every model's labels land on a structure of the pack's table."""
     for model in models:
-        values = {int(v) for k, v in _dataset_labels(model.folder).items()
+        values = {int(v) for k, v in dataset_labels(model.folder).items()
                   if isinstance(v, int) and v != 0 and k.lower() != "ignore"}
         mapping = dict(model.label_map) or {v: v for v in values}
         unmapped = sorted(values - set(mapping))

@@ -42,6 +42,7 @@ from .packs import (
     ModelPack,
     NnunetModel,
     checkpoint_hashes,
+    dataset_labels,
     find_folds,
     is_nnunet_folder,
     load_pack,
@@ -146,8 +147,7 @@ class ModelStore:
         if not is_nnunet_folder(folder):
             raise ModelError(f"'{folder}' is not an nnU-Net v2 model folder - expected "
                              "plans.json, dataset.json and fold_N/checkpoint_final.pth.")
-        dataset_labels = _read_dataset_labels(folder)
-        table = read_label_file(labels_file, dataset_labels, name=name)
+        table = read_label_file(labels_file, dataset_labels(folder), name=name)
         return self.install(str(folder), name=name, labels=table)
 
     def install(
@@ -378,7 +378,7 @@ def _check_model(folder: Path, entry: ModelEntry, known: PackDescriptor) -> None
     plans_name = _read_json(folder / "plans.json").get("plans_name")
     if entry.plans is not None and plans_name != entry.plans:
         raise ModelError(f"{where}: plans.json is '{plans_name}', expected '{entry.plans}'.")
-    labels = _read_dataset_labels(folder)
+    labels = dataset_labels(folder)
     values = sorted(v for k, v in labels.items() if isinstance(v, int) and v != 0)
     if values != list(range(1, entry.label_count + 1)):
         raise ModelError(f"{where}: dataset.json has label values {values}, expected "
@@ -395,15 +395,6 @@ def _check_model(folder: Path, entry: ModelEntry, known: PackDescriptor) -> None
     if missing:
         logger.warning("%s: fold(s) %s of the release are missing; installing the others.",
                        where, missing)
-
-
-def _read_dataset_labels(folder: Path) -> dict[str, int]:
-    from .packs import _read_json
-
-    labels = _read_json(folder / "dataset.json").get("labels")
-    if not isinstance(labels, dict):
-        raise ModelError(f"'{folder / 'dataset.json'}' has no 'labels' object.")
-    return labels
 
 
 def _valid_name(name: str) -> bool:

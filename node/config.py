@@ -72,6 +72,14 @@ def _ae_title(value: str) -> str:
     return value
 
 
+def _listen_address(value: str) -> str:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(f"must be an IP address to listen on, got {value!r}") from None
+    return value
+
+
 class ListenerTLS(_Strict):
     """DICOM TLS on a second port (PS3.15 B.1: ``2762`` by convention)."""
 
@@ -97,14 +105,7 @@ class ListenerConfig(_Strict):
 
     _check_ae = field_validator("ae_title")(_ae_title)
 
-    @field_validator("host")
-    @classmethod
-    def _check_host(cls, value: str) -> str:
-        try:
-            ipaddress.ip_address(value)
-        except ValueError:
-            raise ValueError(f"must be an IP address to listen on, got {value!r}") from None
-        return value
+    _check_host = field_validator("host")(_listen_address)
 
 
 class CallerConfig(_Strict):
@@ -269,14 +270,7 @@ class WebConfig(_Strict):
     #: Show patient names and IDs on the pages (UIDs and accession numbers otherwise).
     show_patient_names: bool = False
 
-    @field_validator("host")
-    @classmethod
-    def _check_host(cls, value: str) -> str:
-        try:
-            ipaddress.ip_address(value)
-        except ValueError:
-            raise ValueError(f"must be an IP address to listen on, got {value!r}") from None
-        return value
+    _check_host = field_validator("host")(_listen_address)
 
     @model_validator(mode="after")
     def _token_off_loopback(self) -> WebConfig:

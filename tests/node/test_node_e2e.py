@@ -197,6 +197,15 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
             orthanc.close()
 
 
+def send_phantom(setup: Setup, name: str) -> Series:
+    """Write a phantom series and send it to the node with storescu (one association)."""
+    series = write_phantom(setup.root / "data", name)
+    result = storescu(series.folder, "127.0.0.1", setup.node.port, called_aet="SEGNODE",
+                      netns=setup.ns)
+    assert result.returncode == 0, result.stderr
+    return series
+
+
 def _outputs_for(orthanc: Orthanc, series_uid: str) -> dict[str, list[dict]]:
     """Orthanc's SEG and SR instances that reference ``series_uid``, by modality."""
     found: dict[str, list[dict]] = {"SEG": [], "SR": []}
@@ -229,10 +238,7 @@ def _one_seg_and_sr(setup: Setup, series: Series) -> Callable[[], bool]:
 
 
 def test_storescu_series_comes_back_as_seg_and_sr_at_orthanc(setup: Setup) -> None:
-    series = write_phantom(setup.root / "data", "first")
-    result = storescu(series.folder, "127.0.0.1", setup.node.port, called_aet="SEGNODE",
-                      netns=setup.ns)
-    assert result.returncode == 0, result.stderr
+    series = send_phantom(setup, "first")
     assert setup.node.catalogue.instance_count(series.series_uid) == len(series.paths)
     wait_for("SEG and SR at Orthanc", _one_seg_and_sr(setup, series), setup.node)
     found = _outputs_for(setup.orthanc, series.series_uid)
@@ -260,10 +266,7 @@ def test_storescu_series_comes_back_as_seg_and_sr_at_orthanc(setup: Setup) -> No
 
 
 def test_a_rule_with_two_packs_sends_a_seg_per_pack_and_one_sr(setup: Setup) -> None:
-    series = write_phantom(setup.root / "data", "two packs")
-    result = storescu(series.folder, "127.0.0.1", setup.node.port, called_aet="SEGNODE",
-                      netns=setup.ns)
-    assert result.returncode == 0, result.stderr
+    series = send_phantom(setup, "two packs")
 
     def two_segs_and_sr() -> bool:
         found = _outputs_for(setup.orthanc, series.series_uid)
@@ -390,10 +393,7 @@ def test_sigkill_while_receiving_loses_nothing_acknowledged(setup: Setup) -> Non
 
 
 def test_sigkill_during_a_job_resumes_and_orthanc_holds_one_copy(setup: Setup) -> None:
-    series = write_phantom(setup.root / "data", "kill-job")
-    result = storescu(series.folder, "127.0.0.1", setup.node.port, called_aet="SEGNODE",
-                      netns=setup.ns)
-    assert result.returncode == 0, result.stderr
+    series = send_phantom(setup, "kill-job")
 
     def running() -> bool:
         return any(j.state == "running" and j.series_uid == series.series_uid
@@ -448,10 +448,7 @@ def _evidence(sr: pydicom.Dataset) -> set[str]:
 
 
 def test_jobs_and_outbox_commands(setup: Setup) -> None:
-    series = write_phantom(setup.root / "data", "commands")
-    result = storescu(series.folder, "127.0.0.1", setup.node.port, called_aet="SEGNODE",
-                      netns=setup.ns)
-    assert result.returncode == 0, result.stderr
+    series = send_phantom(setup, "commands")
     wait_for("SEG and SR", _one_seg_and_sr(setup, series), setup.node)
     (job,) = [j for j in setup.node.queue.list() if j.series_uid == series.series_uid]
     shown = setup.node.cli("jobs", "show", str(job.id))
