@@ -197,6 +197,13 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
             orthanc.close()
 
 
+@pytest.fixture(autouse=True)
+def node_running(setup: Setup) -> None:
+    """Restart the node if an earlier test failed while it was killed, so failures stay local."""
+    if setup.node.proc is None or setup.node.proc.poll() is not None:
+        setup.node.start()
+
+
 def send_phantom(setup: Setup, name: str) -> Series:
     """Write a phantom series and send it to the node with storescu (one association)."""
     series = write_phantom(setup.root / "data", name)
@@ -377,7 +384,8 @@ def test_sigkill_while_receiving_loses_nothing_acknowledged(setup: Setup) -> Non
     setup.node.kill()
     sender.join(timeout=60)
     assoc.abort()
-    assert 8 <= len(acknowledged) < len(series.paths)
+    # The node records an instance before it answers, so the 8th may be stored but unanswered.
+    assert 7 <= len(acknowledged) < len(series.paths)
     setup.node.start()
     stored = {p.stem for p in setup.node.catalogue.series_paths(series.series_uid)}
     assert set(acknowledged) <= stored
