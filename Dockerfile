@@ -17,9 +17,10 @@ ARG SEGNODE_PACKS=mrsegmentator
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
+# g++: torch.compile (processing.compile) builds its CPU kernels with it.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends \
-        python3 python3-venv ca-certificates \
+        python3 python3-venv ca-certificates g++ \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --create-home --home-dir /var/lib/segnode segnode
 

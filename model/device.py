@@ -15,11 +15,14 @@ import torch
 
 from segnode_errors import ConfigError
 
-__all__ = ["CudaProbe", "parse_device", "resolve_device"]
+__all__ = [
+    "CudaProbe", "cpu_has_native_bf16", "parse_device", "resolve_device", "resolve_precision",
+]
 
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
 
+_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|gpu)(?::(\d+))?$")
 
 
@@ -106,3 +109,56 @@ def resolve_device(spec: str = "auto", *, cuda: CudaProbe | None = None) -> torc
         )
     logger.info("Device: cuda:%d.", index)
     return torch.device("cuda", index)
+
+
+def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """True if the CPU computes bf16 dot products natively (AVX512-BF16 or AMX-BF16).
+
+    Without them oneDNN emulates bf16 and the network gets slower, not faster.
+    """
+    try:
+        with open(cpuinfo, encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def resolve_precision(spec: str, device: torch.device, *, cuda: CudaProbe | None = None,
+                      cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The autocast precision of the network's forward pass: ``fp32``, ``bf16`` or ``fp16``.
+
+    Parameters
+    ----------
+    spec : str
+        ``auto``, ``fp32``, ``bf16`` or ``fp16``. ``auto`` is bf16 on a GPU
+        that supports it (else fp16, as nnU-Net autocasts), bf16 on a CPU
+        with native bf16 (:func:`cpu_has_native_bf16`), else fp32.
+    device : torch.device
+        Where the network runs.
+    cuda : CudaProbe, optional
+        Asked ``is_bf16_supported()`` when it has it; ``torch.cuda`` when omitted.
+    cpuinfo : str, optional
+        The CPU flags file (Linux).
+
+    Raises
+    ------
+    ConfigError
+        If ``spec`` is not one of the four, or fp16 is asked for on the CPU.
+    """
+    value = str(spec).strip().lower()
+    if value not in _PRECISIONS:
+        raise ConfigError(f"Invalid 'precision' value '{spec}' - expected one of "
+                          f"{', '.join(_PRECISIONS)}.")
+    if value == "fp16" and device.type == "cpu":
+        raise ConfigError("Invalid 'precision' value 'fp16' - the CPU path runs fp32 or bf16.")
+    if value != "auto":
+        return value
+    if device.type == "cuda":
+        probe = torch.cuda if cuda is None else cuda
+        supported = getattr(probe, "is_bf16_supported", None)
+        return "bf16" if supported is not None and supported() else "fp16"
+    return "bf16" if cpu_has_native_bf16(cpuinfo) else "fp32"

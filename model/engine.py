@@ -5,16 +5,13 @@ parts); each is built as follows and their labels are merged in order.
 The network is built exactly as nnU-Net builds it, but without nnU-Net's
 trainer-class lookup (which imports every trainer module and fails on some
 installs, see ``shared/reference/nnunet_notes.md``): the class named in
-``plans.json`` is instantiated with ``get_network_from_plans``, each fold's
-``network_weights`` are loaded from its checkpoint, and both go to
-``nnUNetPredictor.manual_initialization`` together with the mirroring axes
-stored in the checkpoint. Preprocessing (cropping, the plans' normalisation,
-resampling to the plans' spacing), sliding-window prediction over the chosen
-folds and the export back to the input shape are nnU-Net's own code, called
-in-process in the order ``predict_single_npy_array`` calls them; the steps
-are called one by one only to time them and to pass the thread count to the
-export (``predict_single_npy_array`` sets it to ``nnUNet_def_n_proc``, 8 by
-default, whatever the machine has).
+``plans.json`` is instantiated with ``get_network_from_plans`` once per fold
+and each copy gets its fold's ``network_weights`` (one module per fold, so a
+compiled module may freeze its weights). Preprocessing (cropping, the plans'
+normalisation, resampling to the plans' spacing) is nnU-Net's preprocessor;
+the sliding window, the fold ensemble, the resampling back to the input grid
+and the argmax run in :mod:`model.sliding_window`, on the engine's device,
+streaming along the head-foot axis so that only the uint8 labels come back.
 
 Defaults, recorded by :meth:`SegmentationEngine.describe`; a pack's own
 recommended folds and tile step for the device type (``segnode.json``
@@ -25,28 +22,30 @@ setting                   CPU                  CUDA
 ========================  ===================  =====================
 folds                     first available      all available
 tile_step_size            0.75                 0.5 (nnU-Net default)
-perform_everything_on_    False                True (``gpu_fast_path``)
-device
-autocast                  off                  nnU-Net's (fp16)
-export resampling         torch if the plans use nnU-Net's default
-                          (skimage, order 1 / order_z 0), else the plans'
-export on GPU             no                   yes with torch resampling
-                                               and ``gpu_fast_path``
-                                               (CPU on OOM)
+precision (``auto``)      bf16 where the CPU   bf16 where supported,
+                          has native bf16      else fp16
+                          (avx512_bf16, AMX),
+                          else fp32
+compile                   off (``segnode serve`` turns it on for warm models)
+image and logit           torch (linear) when the plans name nnU-Net's
+resampling                default skimage resampling
 ========================  ===================  =====================
+
+The autocast dtype applies to the network's forward pass only; logits are
+accumulated, resampled and compared in fp32. ``bench/inference.py`` measures
+the argmax agreement of bf16 with fp32.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import json
 import logging
 import os
 import time
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import highdicom as hd
 import numpy as np
@@ -55,16 +54,17 @@ import torch
 from segnode_errors import ModelError
 
 from ._nnunet import NnunetInput, labels_from_nnunet, volume_to_nnunet
-from .device import CudaProbe, resolve_device
+from .device import CudaProbe, resolve_device, resolve_precision
 from .packs import Fold, InferenceDefaults, ModelPack, NnunetModel
+from .sliding_window import AxisMode, Precision, StreamingPredictor, working_bytes
 
 __all__ = ["SegmentationEngine"]
 
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
 
-ExportResampling = Literal["torch", "plans"]
 _DEFAULT_RESAMPLING = "resample_data_or_seg_to_shape"
+_TORCH_RESAMPLING = "resample_torch_fornnunet"
 
 
 @contextlib.contextmanager
@@ -94,9 +94,8 @@ class _ModelRunner:
     """One nnU-Net model of a pack, loaded for inference (see the module docstring)."""
 
     def __init__(self, pack: ModelPack, model: NnunetModel, folds: tuple[Fold, ...], *,
-                 device: torch.device, tile_step: float, on_device: bool, threads: int,
-                 use_mirroring: bool, export_resampling: ExportResampling) -> None:
-        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+                 device: torch.device, tile_step: float, threads: int, use_mirroring: bool,
+                 precision: Precision, compile_network: bool) -> None:
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
         self.model, self.folds, self._threads = model, folds, threads
@@ -104,31 +103,33 @@ class _ModelRunner:
                                                  else "")
         params, meta = self._load_checkpoints()
         self.meta = meta
-        dataset_json = _read_json(model.folder / "dataset.json")
+        self.dataset_json = _read_json(model.folder / "dataset.json")
         with _nnunet_stdout():
-            plans_manager = PlansManager(_read_json(model.folder / "plans.json"))
+            self.plans_manager = PlansManager(_read_json(model.folder / "plans.json"))
             try:
-                cm = plans_manager.get_configuration(meta["configuration"])
+                cm = self.plans_manager.get_configuration(meta["configuration"])
             except (RuntimeError, ValueError) as exc:
                 raise ModelError(f"plans.json of {self._where}: {exc}") from exc
-            if cm.previous_stage_name is not None:
-                raise ModelError(
-                    f"Cascade configuration '{meta['configuration']}' is not supported.")
-            self.export_resampling = _choose_export_resampling(cm, export_resampling)
-            self.export_cm_gpu = _gpu_export_configuration(cm, device) if on_device else None
-            network = _build_network(plans_manager, cm, dataset_json, params[0])
-            predictor = nnUNetPredictor(
-                tile_step_size=tile_step, use_gaussian=True, use_mirroring=use_mirroring,
-                perform_everything_on_device=on_device, device=device,
-                verbose=False, verbose_preprocessing=False, allow_tqdm=False,
-            )
-            predictor.manual_initialization(
-                network, plans_manager, cm, params, dataset_json, meta["trainer_name"],
-                meta["mirror_axes"],
-            )
-        self.predictor = predictor
+        if cm.previous_stage_name is not None:
+            raise ModelError(f"Cascade configuration '{meta['configuration']}' is not supported.")
+        label_manager = self.plans_manager.get_label_manager(self.dataset_json)
+        if label_manager.has_regions:
+            raise ModelError(f"{self._where} is trained on regions; segnode runs label models.")
+        self.resampling = _use_torch_resampling(cm)
+        self.configuration = cm
+        self.heads = label_manager.num_segmentation_heads
+        self.device = device
+        networks = [_build_network(self.plans_manager, cm, self.dataset_json, weights)
+                    for weights in params]
         self.mirroring = bool(use_mirroring and meta["mirror_axes"])
         self.network_class = cm.network_arch_class_name
+        self.predictor = StreamingPredictor(
+            networks, tuple(cm.patch_size), self.heads, device, tile_step,
+            mirror_axes=meta["mirror_axes"] if self.mirroring else None, precision=precision)
+        self._compile = compile_network
+        self.compiled = False
+        self.tile_bytes = 0
+        self._warm = False
         lookup = np.arange(max(dict(model.label_map) or {0: 0}) + 1, dtype=np.int32)
         for value, pack_value in model.label_map:
             lookup[value] = pack_value
@@ -163,62 +164,62 @@ class _ModelRunner:
                                  f"'{meta[key]}', but the pack declares '{declared}'.")
         return params, meta
 
-    def predict(self, prepared: NnunetInput) -> np.ndarray:
-        """Labels on the model grid ``(z, y, x)``, in the pack's label values."""
+    def warm_up(self) -> None:
+        """Put the fold networks on the device, compile them if asked, measure one tile (CUDA)."""
+        if self._warm:
+            return
         p = self.predictor
-        t0 = time.perf_counter()
-        preprocessor = p.configuration_manager.preprocessor_class(verbose=False)
-        data, _, props = preprocessor.run_case_npy(
-            prepared.array, None, {"spacing": list(prepared.spacing)}, p.plans_manager,
-            p.configuration_manager, p.dataset_json,
-        )
-        t1 = time.perf_counter()
-        with _nnunet_stdout():
-            logits = p.predict_logits_from_preprocessed_data(torch.from_numpy(data)).cpu()
-        t2 = time.perf_counter()
-        labels = np.asarray(self._export(logits, props, on_device=p.device.type == "cuda"))
-        del logits
-        t3 = time.perf_counter()
-        self.timings = {"preprocess_s": t1 - t0, "predict_s": t2 - t1, "export_s": t3 - t2}
-        return labels if self._lookup is None else self._lookup[labels]
+        p.networks = [network.to(self.device) for network in p.networks]
+        if self._compile:
+            self.compiled = _compile_networks(p, self._where)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            before = torch.cuda.memory_allocated(self.device)
+            p.predict_tile(torch.zeros((1, 1, *p.patch_size), device=self.device))
+            self.tile_bytes = torch.cuda.max_memory_allocated(self.device) - before
+        self._warm = True
 
-    def predict_on_cpu(self, prepared: NnunetInput) -> np.ndarray:
-        """:meth:`predict` with the network moved to the CPU for this one call."""
-        p = self.predictor
-        device, on_device = p.device, p.perform_everything_on_device
-        p.device, p.perform_everything_on_device = torch.device("cpu"), False
-        try:
-            return self.predict(prepared)
-        finally:
-            p.device, p.perform_everything_on_device = device, on_device
+    def working_bytes(self, prepared: NnunetInput) -> int:
+        """Device bytes of the logit window and export buffers for this image (an estimate).
 
-    def _export(self, logits: torch.Tensor, props: dict[str, Any], *, on_device: bool) -> Any:
-        """nnU-Net's export: resample logits to the input shape, argmax, undo the crop.
-
-        With torch resampling on CUDA the resampling runs on the GPU; if that
-        runs out of memory it is redone on the CPU.
+        The image is assumed to keep its in-plane size through preprocessing
+        (resampling changes it by the ratio of spacings, which is included).
         """
-        from nnunetv2.inference.export_prediction import (
-            convert_predicted_logits_to_segmentation_with_correct_shape,
-        )
+        cm = self.configuration
+        shape = prepared.array.shape[1:]
+        model_plane = [max(int(round(n * s / t)), p) for n, s, t, p in
+                       zip(shape[1:], prepared.spacing[1:], cm.spacing[-2:], cm.patch_size[1:],
+                           strict=True)]
+        return working_bytes(self.heads, self.configuration.patch_size, model_plane, shape[1:])
 
-        p = self.predictor
-        cm = self.export_cm_gpu if on_device and self.export_cm_gpu is not None else \
-            p.configuration_manager
-        try:
-            return convert_predicted_logits_to_segmentation_with_correct_shape(
-                logits, p.plans_manager, cm, p.label_manager, props,
-                return_probabilities=False, num_threads_torch=self._threads,
-            )
-        except torch.cuda.OutOfMemoryError:
-            if cm is p.configuration_manager:
-                raise
-            logger.warning("CUDA out of memory while resampling; resampling on the CPU.")
-            torch.cuda.empty_cache()
-            return convert_predicted_logits_to_segmentation_with_correct_shape(
-                logits, p.plans_manager, p.configuration_manager, p.label_manager, props,
-                return_probabilities=False, num_threads_torch=self._threads,
-            )
+    def predict(self, prepared: NnunetInput, results_device: torch.device | None = None
+                ) -> np.ndarray:
+        """Labels on the model grid ``(z, y, x)``, in the pack's label values."""
+        from acvl_utils.cropping_and_padding.bounding_boxes import insert_crop_into_image
+
+        pm, cm = self.plans_manager, self.configuration
+        t0 = time.perf_counter()
+        preprocessor = cm.preprocessor_class(verbose=False)
+        with _nnunet_stdout():
+            data, _, props = preprocessor.run_case_npy(
+                prepared.array, None, {"spacing": list(prepared.spacing)}, pm, cm,
+                self.dataset_json)
+        t1 = time.perf_counter()
+        export_shape = props["shape_after_cropping_and_before_resampling"]
+        modes = _export_modes(cm, [props["spacing"][i] for i in pm.transpose_forward])
+        label_dtype = np.uint8 if self.heads <= 256 else np.uint16
+        self.predictor.results_device = results_device
+        cropped = self.predictor.predict(torch.from_numpy(data), export_shape, modes,
+                                         label_dtype)
+        labels = np.zeros(props["shape_before_cropping"], dtype=label_dtype)
+        labels = insert_crop_into_image(labels, cropped, props["bbox_used_for_cropping"])
+        labels = np.ascontiguousarray(labels.transpose(pm.transpose_backward))
+        t2 = time.perf_counter()
+        streamed = self.predictor.timings
+        self.timings = {"preprocess_s": t1 - t0, "predict_s": streamed["network_s"],
+                        "export_s": streamed["export_s"],
+                        "sliding_window_s": t2 - t1}
+        return labels if self._lookup is None else self._lookup[labels]
 
     def describe(self) -> dict[str, Any]:
         """What this model runs with."""
@@ -229,8 +230,8 @@ class _ModelRunner:
             "network_class": self.network_class,
             "folds": list(self.folds),
             "use_mirroring": self.mirroring,
-            "export_resampling": self.export_resampling,
-            "export_on_device": self.export_cm_gpu is not None,
+            "resampling": self.resampling,
+            "compiled": self.compiled,
         }
 
 
@@ -255,26 +256,66 @@ def _build_network(plans_manager: Any, cm: Any, dataset_json: dict[str, Any],
     return network.eval()
 
 
-def _gpu_export_configuration(cm: Any, device: torch.device) -> Any:
-    """A copy of ``cm`` whose torch export resampling runs on the CUDA device, or None."""
-    if cm.configuration["resampling_fn_probabilities"] != "resample_torch_fornnunet":
-        return None
-    config = copy.deepcopy(cm.configuration)
-    config["resampling_fn_probabilities_kwargs"]["device"] = device
-    return type(cm)(config)
+def _compile_networks(predictor: StreamingPredictor, where: str) -> bool:
+    """Compile each fold's network with inductor freezing and warm it up on one patch.
+
+    Freezing folds the weights into the compiled graph, which is why every
+    fold has its own module. Compilation needs a C++ compiler; when it fails
+    the eager modules stay and a warning says why.
+    """
+    import torch._inductor.config as inductor_config
+
+    started = time.perf_counter()
+    eager = list(predictor.networks)
+    tile = torch.zeros((1, 1, *predictor.patch_size), device=predictor.device)
+    try:
+        with inductor_config.patch(freezing=True):
+            predictor.networks = [torch.compile(network) for network in eager]
+            predictor.predict_tile(tile)
+    except Exception as exc:  # noqa: BLE001 - inductor raises many kinds; eager still works
+        logger.warning("Could not compile the network of %s (%s: %s); running it eagerly.",
+                       where, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+        predictor.networks = eager
+        return False
+    logger.info("Compiled %d fold(s) of %s in %.1f s.", len(eager), where,
+                time.perf_counter() - started)
+    return True
 
 
-def _choose_export_resampling(cm: Any, choice: ExportResampling) -> str:
+def _use_torch_resampling(cm: Any) -> str:
+    """Swap nnU-Net's default skimage resampling for its torch resampling; return the name.
+
+    The plans' image resampling (cubic in-plane by default) becomes linear;
+    the logits are always resampled linearly by the streaming export.
+    """
     config = cm.configuration
-    kwargs = config.get("resampling_fn_probabilities_kwargs", {})
-    if (choice == "torch" and config.get("resampling_fn_probabilities") == _DEFAULT_RESAMPLING
-            and kwargs.get("order", 1) == 1 and kwargs.get("order_z", 0) == 0):
-        config["resampling_fn_probabilities"] = "resample_torch_fornnunet"
-        config["resampling_fn_probabilities_kwargs"] = {
+    if config.get("resampling_fn_data") == _DEFAULT_RESAMPLING:
+        kwargs = config.get("resampling_fn_data_kwargs", {})
+        config["resampling_fn_data"] = _TORCH_RESAMPLING
+        config["resampling_fn_data_kwargs"] = {
             "is_seg": False, "force_separate_z": kwargs.get("force_separate_z"),
             "memefficient_seg_resampling": False,
         }
-    return str(config["resampling_fn_probabilities"])
+    probabilities = config.get("resampling_fn_probabilities")
+    if probabilities not in (_DEFAULT_RESAMPLING, _TORCH_RESAMPLING):
+        logger.warning("plans.json names '%s' for the logits; segnode resamples them linearly.",
+                       probabilities)
+    return _TORCH_RESAMPLING
+
+
+def _export_modes(cm: Any, original_spacing: Sequence[float]) -> tuple[AxisMode, AxisMode,
+                                                                        AxisMode]:
+    """Interpolation per axis of the logits' way back, as ``resample_torch_fornnunet`` does."""
+    from nnunetv2.configuration import ANISO_THRESHOLD
+    from nnunetv2.preprocessing.resampling.default_resampling import determine_do_sep_z_and_axis
+
+    kwargs = cm.configuration.get("resampling_fn_probabilities_kwargs", {})
+    separate, axis = determine_do_sep_z_and_axis(
+        kwargs.get("force_separate_z"), cm.spacing, original_spacing,
+        kwargs.get("separate_z_anisotropy_threshold", ANISO_THRESHOLD))
+    axes = set(axis if isinstance(axis, (tuple, list)) else (axis,)) if separate else set()
+    modes = tuple("nearest" if i in axes else "linear" for i in range(3))
+    return modes  # type: ignore[return-value]
 
 
 class SegmentationEngine:
@@ -301,14 +342,13 @@ class SegmentationEngine:
     use_mirroring : bool, optional
         Test-time mirroring over the axes the checkpoint allows (no effect for
         checkpoints trained without mirroring, such as MRSegmentator's).
-    gpu_fast_path : bool, optional
-        On CUDA keep the sliding-window logits on the GPU
-        (``perform_everything_on_device``) and fall back to the CPU, with a
-        warning, when the GPU runs out of memory.
-    export_resampling : {"torch", "plans"}, optional
-        ``"torch"`` uses nnU-Net's torch resampling for the export when the
-        plans name nnU-Net's default (skimage) resampling; ``"plans"`` always
-        uses the function named in the plans.
+    precision : {"auto", "fp32", "bf16", "fp16"}, optional
+        Autocast dtype of the network's forward pass (see the module
+        docstring for ``auto``); accumulation and export stay fp32.
+    compile_network : bool, optional
+        Compile each fold's network with inductor freezing and warm it up
+        on one patch at load time (tens of seconds per fold on a CPU, paid
+        once per process); falls back to eager, with a warning, if it fails.
     num_threads : int, optional
         torch CPU threads, set process-wide (``torch.set_num_threads``) and
         passed to nnU-Net's export. Default: the CPUs this process may use.
@@ -331,8 +371,8 @@ class SegmentationEngine:
         folds: Sequence[Fold] | None = None,
         tile_step_size: float | None = None,
         use_mirroring: bool = True,
-        gpu_fast_path: bool = True,
-        export_resampling: ExportResampling = "torch",
+        precision: str = "auto",
+        compile_network: bool = False,
         num_threads: int | None = None,
         cuda: CudaProbe | None = None,
     ) -> None:
@@ -343,7 +383,7 @@ class SegmentationEngine:
         self._tile_step = self._validate_tile_step(
             tile_step_size if tile_step_size is not None else recommended.tile_step_size,
             on_cuda)
-        self._on_device = bool(gpu_fast_path and on_cuda)
+        self._precision = resolve_precision(precision, self._device, cuda=cuda)
         self._threads = int(num_threads or _available_cpus())
         torch.set_num_threads(self._threads)  # process-wide; preprocessing and export run on CPU
         self.last_timings: dict[str, float] = {}
@@ -351,9 +391,9 @@ class SegmentationEngine:
         self._runners = [
             _ModelRunner(pack, model, self._choose_folds(model, folds, recommended.folds,
                                                          on_cuda),
-                         device=self._device, tile_step=self._tile_step,
-                         on_device=self._on_device, threads=self._threads,
-                         use_mirroring=use_mirroring, export_resampling=export_resampling)
+                         device=self._device, tile_step=self._tile_step, threads=self._threads,
+                         use_mirroring=use_mirroring, precision=self._precision,
+                         compile_network=compile_network)
             for model in pack.models
         ]
         self._load_s = time.perf_counter() - started
@@ -441,14 +481,35 @@ class SegmentationEngine:
         self.last_timings = timings
         return labels_from_nnunet(merged, prepared)
 
+    def warm_up(self) -> None:
+        """Move the networks to the device and compile them if asked (else done on first use)."""
+        for runner in self._runners:
+            runner.warm_up()
+
+    def _results_device(self, runner: _ModelRunner, prepared: NnunetInput) -> torch.device | None:
+        """Where the logit window lives: the device, or the CPU when it would not fit on the GPU."""
+        if self._device.type != "cuda":
+            return None
+        needed = runner.working_bytes(prepared) + runner.tile_bytes
+        free, _total = torch.cuda.mem_get_info(self._device)
+        if needed > 0.9 * free:
+            logger.warning("This image needs about %.1f GiB on %s, %.1f GiB are free; the logits "
+                           "are kept on the CPU.", needed / 2**30, self._device, free / 2**30)
+            return torch.device("cpu")
+        return None
+
     def _run(self, runner: _ModelRunner, prepared: NnunetInput) -> np.ndarray:
+        runner.warm_up()
+        results_device = self._results_device(runner, prepared)
         try:
-            return runner.predict(prepared)
+            return runner.predict(prepared, results_device)
         except torch.cuda.OutOfMemoryError as exc:
-            if self._device.type != "cuda":
+            if self._device.type != "cuda" or results_device is not None:
                 raise ModelError(f"Out of memory during inference: {exc}") from exc
-            logger.warning("CUDA out of memory on %s; running this case on the CPU.", self._device)
-            return runner.predict_on_cpu(prepared)
+            logger.warning("CUDA out of memory on %s; keeping this case's logits on the CPU.",
+                           self._device)
+            torch.cuda.empty_cache()
+            return runner.predict(prepared, torch.device("cpu"))
         finally:
             if self._device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -488,10 +549,9 @@ class SegmentationEngine:
             "folds": first["folds"],
             "tile_step_size": self._tile_step,
             "use_mirroring": any(r.mirroring for r in self._runners),
-            "perform_everything_on_device": self._on_device,
-            "autocast": "fp16 (nnU-Net, CUDA only)" if self._device.type == "cuda" else None,
-            "export_resampling": first["export_resampling"],
-            "export_on_device": first["export_on_device"],
+            "precision": self._precision,
+            "compiled": all(r.compiled for r in self._runners),
+            "resampling": first["resampling"],
             "num_threads": self._threads,
             "torch_version": torch.__version__,
             "nnunetv2_version": getattr(nnunetv2, "__version__", _dist_version("nnunetv2")),

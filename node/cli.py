@@ -31,6 +31,12 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         "--folds", type=int, nargs="+", help="folds to ensemble (default: 1 on CPU, all on CUDA)"
     )
     parser.add_argument("--tile-step", type=float, help="sliding-window step, fraction of patch")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                        help="autocast dtype of the network (auto: bf16 where the GPU or CPU "
+                             "has it natively, else fp16 on GPU, fp32 on CPU)")
+    parser.add_argument("--compile", action="store_true",
+                        help="compile the network first (faster per patch; costs tens of "
+                             "seconds per fold, so for large volumes or several series)")
     parser.add_argument("--reports", nargs="+", choices=("pdf", "sc"),
                         help="also write report.dcm (encapsulated PDF) and/or preview-sc.dcm "
                              "(secondary capture of the preview)")

@@ -43,6 +43,8 @@ def _run_settings(args: argparse.Namespace) -> RunSettings:
         seg_type=args.seg_type,
         folds=tuple(args.folds) if args.folds else None,
         tile_step_size=args.tile_step,
+        precision=args.precision,
+        compile=args.compile,
         stations=stations,
         reports=tuple(args.reports or ()),
     )

@@ -251,6 +251,10 @@ class ProcessingConfig(_Strict):
     device: str = "auto"
     folds: tuple[int, ...] | None = None
     tile_step_size: float | None = Field(default=None, gt=0.0, le=1.0)
+    #: Autocast dtype of the network (auto: bf16 where native, fp16 on older GPUs, else fp32).
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    #: Compile each fold's network when the model is loaded (tens of seconds per fold, once).
+    compile: bool = False
 
     _check_device = field_validator("device")(check_device)
 

@@ -78,7 +78,8 @@ class Pipeline:
         self.packs: list[ModelPack] = [store.resolve(name) for name in settings.models or (None,)]
         self.engines = [
             SegmentationEngine(pack, device=settings.device, folds=settings.folds,
-                               tile_step_size=settings.tile_step_size)
+                               tile_step_size=settings.tile_step_size,
+                               precision=settings.precision, compile_network=settings.compile)
             for pack in self.packs
         ]
         self.model_id = {

@@ -123,6 +123,11 @@ class RunSettings(BaseModel):
     tile_step_size
         Sliding-window step as a fraction of the patch; ``None`` lets the
         engine choose for the device.
+    precision
+        Autocast dtype of the network: ``auto`` (bf16 on a GPU or a CPU with
+        native bf16, fp16 on older GPUs, else fp32), ``fp32``, ``bf16``, ``fp16``.
+    compile
+        Compile each fold's network at load (worth it for a long-running node).
     stations
         Grouping and stitching of multi-station acquisitions.
     reports
@@ -140,6 +145,8 @@ class RunSettings(BaseModel):
     seg_type: Literal["binary", "labelmap"] = "binary"
     folds: tuple[int, ...] | None = None
     tile_step_size: float | None = Field(default=None, gt=0.0, le=1.0)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    compile: bool = False
     stations: StationSettings = Field(default_factory=StationSettings)
     reports: tuple[Literal["pdf", "sc"], ...] = ()
     disclaimer: str = DEFAULT_DISCLAIMER

@@ -60,6 +60,7 @@ class Worker:
             models=models, reports=reports, disclaimer=self.config.reports.disclaimer,
             models_dir=self.config.storage.models_dir, device=processing.device,
             seg_type=seg_type, folds=processing.folds, tile_step_size=processing.tile_step_size,
+            precision=processing.precision, compile=processing.compile,
             stations=self.config.stations,
         )
 

@@ -56,8 +56,8 @@ def test_network_input_has_the_packs_orientation(engines, pack: str, grid: str) 
     engine = engines[pack]
     image = _ramp_phantom(grid)
     seen: list[torch.Tensor] = []
-    # the module nnU-Net calls; observed, not replaced
-    network = engine._runners[0].predictor.network
+    # the first fold's network; observed, not replaced
+    network = engine._runners[0].predictor.networks[0]
     handle = network.register_forward_pre_hook(
         lambda _module, args: seen.append(args[0].detach().clone()) if not seen else None)
     try:

@@ -244,7 +244,7 @@ def test_network_input_has_the_declared_orientation(store: ModelStore, name: str
     engine = SegmentationEngine(pack, device="cpu", tile_step_size=1.0)
     image = _ramp_phantom(grid)
     seen: dict[str, torch.Tensor] = {}
-    handles = [runner.predictor.network.register_forward_pre_hook(
+    handles = [runner.predictor.networks[0].register_forward_pre_hook(
         lambda _m, args, model=runner.model.id: seen.setdefault(model, args[0].detach().clone()))
         for runner in engine._runners]
     try:
