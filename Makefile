@@ -10,7 +10,7 @@ TORCH_PINS  := torch==2.14.1 torchvision==0.29.1
 STAMP       := $(VENV)/.segnode-installed
 DEMO_OUT    ?= out/demo
 
-.PHONY: all setup run test test-fast lint peers clean demo-model bench bench-stitch bench-seg
+.PHONY: all setup run test test-fast lint peers clean demo-model bench bench-receive bench-inference bench-e2e bench-stitch bench-seg
 
 all: test
 
@@ -50,9 +50,22 @@ lint: $(STAMP)
 	$(BIN)/ruff check node dicom_io model segnode_errors tests scripts bench
 	$(BIN)/hadolint Dockerfile
 
-# Receive throughput of `segnode serve` next to DCMTK storescp (root; about 2 minutes).
+# Every speed and memory target in one table next to its peer, also written to
+# .bench/summary.json (about 30 minutes on 2 cores; the receive part needs root).
 bench: $(STAMP) peers
-	$(BIN)/python bench/receive.py
+	$(BIN)/python bench/run_all.py
+
+# Receive throughput of `segnode serve` next to DCMTK storescp (root; about 2 minutes).
+bench-receive: $(STAMP) peers
+	$(BIN)/python bench/receive.py --json .bench/receive.json
+
+# Whole-body CPU inference next to nnU-Net's stock predictor (about 15 minutes).
+bench-inference: $(STAMP)
+	$(BIN)/python bench/inference.py --json .bench/inference.json
+
+# `segnode segment` next to MRSegmentator 2.0's DICOM path (installs it into .bench/).
+bench-e2e: $(STAMP)
+	$(BIN)/python bench/end_to_end.py --json .bench/end_to_end.json
 
 # Stitching time and peak memory of a NAKO-sized 4-station case next to plain SimpleITK.
 bench-stitch: $(STAMP)

@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.metadata
+import json
 import math
 import os
 import platform
@@ -382,6 +383,18 @@ def _row(name: str, associations: int, instances: int, seconds: float, ready_s: 
             f"{ready_s:>7.1f}")
 
 
+def median_rows(results: list[RunResult], ks: Sequence[int]) -> list[dict]:
+    """The medians as records: peer, associations, images per second."""
+    rows = []
+    for k in ks:
+        for peer in PEERS:
+            runs = [r for r in results if r.peer == peer.name and r.associations == k]
+            rows.append({"peer": peer.name, "associations": k, "instances": runs[0].instances,
+                         "images_per_s": statistics.median(r.instances / r.seconds
+                                                           for r in runs)})
+    return rows
+
+
 def median_table(results: list[RunResult], data: BenchData, ks: Sequence[int]) -> list[str]:
     """One row per (peer, K): median seconds and ready time, the images/s range of the runs."""
     lines = [f"{_COLUMNS} {'range images/s':>15}  stored means"]
@@ -407,6 +420,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--associations", type=int, nargs="+", default=[1, 4],
                         help="parallel storescu associations (one or more values)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per peer and K")
+    parser.add_argument("--json", type=Path, help="also write the medians as JSON here")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="parent folder of the temporary data (default: system temp)")
     args = parser.parse_args(argv)
@@ -448,6 +462,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         print(f"    log: {finding}")
         print(f"\nmedian of {args.repeat} runs:")
         print("\n".join(median_table(results, data, args.associations)))
+        if args.json:
+            args.json.write_text(json.dumps(median_rows(results, args.associations), indent=2))
         print("\nstorescp: Success is sent once the file is written to the page cache; "
               "storescp has no option to fsync.\n"
               "segnode:  Success is sent after fsync of the file and its folder and the "

@@ -516,6 +516,25 @@ class SegmentationEngine:
 
     # -- reporting ----------------------------------------------------------
 
+    def stage_timings(self) -> dict[str, float]:
+        """Seconds of the last :meth:`segment` per part, summed over the pack's models.
+
+        ``preprocess`` (nnU-Net's cropping, normalisation, resampling),
+        ``network`` (forward passes), ``export`` (resampling the logits back and
+        the argmax, interleaved with the window) and ``other`` (the rest:
+        reorientation, merging, the window's bookkeeping).
+        """
+        parts = {"preprocess": 0.0, "network": 0.0, "export": 0.0}
+        for key, seconds in self.last_timings.items():
+            name = key.rsplit(".", 1)[-1]
+            for part, suffix in (("preprocess", "preprocess_s"), ("network", "predict_s"),
+                                 ("export", "export_s")):
+                if name == suffix:
+                    parts[part] += seconds
+        total = self.last_timings.get("total_s", 0.0)
+        parts["other"] = max(0.0, total - sum(parts.values()))
+        return parts
+
     @property
     def pack(self) -> ModelPack:
         """ModelPack: the model this engine runs."""

@@ -44,7 +44,7 @@ Precision = Literal["fp32", "bf16", "fp16"]
 Network = Callable[[torch.Tensor], torch.Tensor]
 
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
-_FINALIZE_PLANES = 8  # source planes resampled and labelled at a time
+_FINALIZE_PLANES = 8  # source planes divided, resampled and labelled at a time
 
 
 def _axis_sampling(n_in: int, n_out: int, mode: AxisMode) -> tuple[np.ndarray, np.ndarray,
@@ -159,7 +159,8 @@ def working_bytes(channels: int, patch: Sequence[int], plane_shape: Sequence[int
     plane = int(plane_shape[0]) * int(plane_shape[1])
     export_plane = int(export_plane_shape[0]) * int(export_plane_shape[1])
     window = (channels + 1) * pz * plane * 4
-    export = channels * (pz + 2 * _FINALIZE_PLANES) * export_plane * 4
+    # one chunk of divided logits, its in-plane resampling plus the planes kept, the blend
+    export = channels * (_FINALIZE_PLANES * plane + 4 * _FINALIZE_PLANES * export_plane) * 4
     return window + export
 
 
@@ -249,11 +250,10 @@ class StreamingPredictor:
             started = time.perf_counter()
             lo = max(window_start, inner[0][0])
             hi = min(window_start + count, inner[0][1])
-            if hi > lo:
-                a, b = lo - window_start, hi - window_start
-                ys, xs = slice(*inner[1]), slice(*inner[2])
-                logits = window[:, a:b, ys, xs] / weights[a:b, ys, xs]
-                export.push(logits)
+            ys, xs = slice(*inner[1]), slice(*inner[2])
+            for a in range(lo - window_start, hi - window_start, _FINALIZE_PLANES):
+                b = min(a + _FINALIZE_PLANES, hi - window_start)
+                export.push(window[:, a:b, ys, xs] / weights[a:b, ys, xs])
             self.timings["export_s"] += time.perf_counter() - started
 
         with torch.inference_mode():

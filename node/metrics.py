@@ -51,10 +51,18 @@ class _StateCollector(Collector):
             yield family
         yield GaugeMetricFamily("segnode_disk_free_bytes", "Free space in the spool",
                                 value=state.get("disk_free_bytes", 0))
-        if "gpu_memory_bytes" in state:
-            yield GaugeMetricFamily("segnode_gpu_memory_allocated_bytes",
-                                    "CUDA memory allocated by torch",
-                                    value=state["gpu_memory_bytes"])
+        memory = state.get("device_memory")
+        if memory:
+            used = GaugeMetricFamily("segnode_device_memory_used_bytes",
+                                     "Memory held on the inference device (CUDA: reserved by "
+                                     "torch; CPU: resident set of the node)", labels=["device"])
+            used.add_metric([memory["device"]], memory["used_bytes"])
+            yield used
+            if memory["total_bytes"]:
+                total = GaugeMetricFamily("segnode_device_memory_total_bytes",
+                                          "Memory of the inference device", labels=["device"])
+                total.add_metric([memory["device"]], memory["total_bytes"])
+                yield total
 
 
 class NodeMetrics:

@@ -32,7 +32,7 @@ from node.progress import Progress
 from node.settings import RunSettings
 from segnode_errors import InputRejected
 
-__all__ = ["PackRun", "Pipeline", "VolumeResult"]
+__all__ = ["PackRun", "Pipeline", "VolumeResult", "sum_timings"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,17 @@ class VolumeResult:
     reason: str = ""
     seconds: float = 0.0
     structures: list[dict] = field(default_factory=list)
+    #: Seconds per stage (read, stitch, segment and its parts, measure, write).
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def sum_timings(results: Sequence[VolumeResult]) -> dict[str, float]:
+    """Seconds per stage summed over volumes (a job's, for its summary and the metrics)."""
+    total: dict[str, float] = {}
+    for result in results:
+        for stage, seconds in result.timings.items():
+            total[stage] = round(total.get(stage, 0.0) + seconds, 3)
+    return total
 
 
 @dataclass
@@ -121,7 +132,7 @@ class Pipeline:
         outputs.write_tables(rows, self._table_extra(series.key, runs, skipped))
         outputs.write_manifest(self.model_id, [*files, outputs.table_csv, outputs.table_json])
         return VolumeResult(series.key, "done", outputs.folder, seconds=time.monotonic() - started,
-                            structures=rows)
+                            structures=rows, timings=progress.timings())
 
     def run_nifti(self, path: Path, out_root: Path, progress: Progress) -> VolumeResult:
         """Segment a NIfTI image: label maps and tables only (no DICOM to refer to)."""
@@ -139,7 +150,7 @@ class Pipeline:
         outputs.write_tables(rows, self._table_extra(key, runs, skipped))
         outputs.write_manifest(self.model_id, [*files, outputs.table_csv, outputs.table_json])
         return VolumeResult(key, "done", outputs.folder, seconds=time.monotonic() - started,
-                            structures=rows)
+                            structures=rows, timings=progress.timings())
 
     def run_station_set(self, stations: StationSet, out_root: Path,
                         progress: Progress) -> list[VolumeResult]:
@@ -203,7 +214,7 @@ class Pipeline:
         outputs.write_tables(rows, extra)
         outputs.write_manifest(self.model_id, [*files, outputs.table_csv, outputs.table_json])
         return VolumeResult(key, "done", outputs.folder, seconds=time.monotonic() - started,
-                            structures=rows)
+                            structures=rows, timings=progress.timings())
 
     def _segment_and_measure(
         self, image: hd.Volume, modality: str | None, progress: Progress
@@ -219,6 +230,9 @@ class Pipeline:
                 continue
             progress.stage("segment" if len(self.packs) == 1 else f"segment {pack.name}")
             labels = engine.segment(image)
+            prefix = "segment." if len(self.packs) == 1 else f"segment {pack.name}."
+            for part, seconds in engine.stage_timings().items():
+                progress.detail(prefix + part, seconds)
             progress.stage("measure")
             names = {s.index: s.name for s in pack.labels.structures}
             measurements = measure(labels, image, names, intensity_unit=unit)

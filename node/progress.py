@@ -1,9 +1,10 @@
-"""Progress reporting: a live bar on a terminal, plain log lines otherwise."""
+"""Progress reporting: a live bar on a terminal, plain log lines otherwise; stage timings."""
 
 from __future__ import annotations
 
 import logging
 import sys
+import time
 from typing import TextIO
 
 __all__ = ["Progress"]
@@ -16,6 +17,8 @@ class Progress:
 
     On a terminal a tqdm bar counts series and shows the current stage; when
     the output is not a terminal (a log file, CI) each stage is one log line.
+    The wall time of each stage of the current series is kept for
+    :meth:`timings` (run reports, the node's job summary and metrics).
 
     Parameters
     ----------
@@ -33,6 +36,9 @@ class Progress:
         self._bar = None
         self._index = 0
         self._key = ""
+        self._timings: dict[str, float] = {}
+        self._stage = ""
+        self._since = time.perf_counter()
         if live and self._stream.isatty():
             from tqdm import tqdm
 
@@ -42,14 +48,33 @@ class Progress:
         """Mark the start of the next series, identified by ``key`` (a UID)."""
         self._index += 1
         self._key = key
+        self._timings = {}
+        self._stage = ""
         self.stage("read")
 
     def stage(self, name: str) -> None:
         """Report that the current series entered stage ``name``."""
+        self._close_stage()
+        self._stage = name
         if self._bar is not None:
             self._bar.set_postfix_str(f"{self._index}/{self.total} {name}")
         else:
             logger.info("series %d/%d %s: %s", self._index, self.total, self._key, name)
+
+    def detail(self, name: str, seconds: float) -> None:
+        """Add a measured part of a stage (``segment.network``) to the current series' timings."""
+        self._timings[name] = self._timings.get(name, 0.0) + seconds
+
+    def timings(self) -> dict[str, float]:
+        """Seconds per stage of the current series so far (the running stage up to now)."""
+        self._close_stage()
+        return {name: round(seconds, 3) for name, seconds in self._timings.items()}
+
+    def _close_stage(self) -> None:
+        now = time.perf_counter()
+        if self._stage:
+            self._timings[self._stage] = self._timings.get(self._stage, 0.0) + now - self._since
+        self._since = now
 
     def finish(self, status: str) -> None:
         """Mark the current series as finished with ``status``."""

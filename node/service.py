@@ -114,10 +114,9 @@ class Node:
             "series": self.catalogue.series_counts(),
             "disk_free_bytes": free_disk_mb(self.config.storage.spool_dir) * 2**20,
         }
-        if self.worker.device_type() == "cuda":
-            import torch
-
-            gauges["gpu_memory_bytes"] = torch.cuda.memory_allocated()
+        memory = self.worker.device_memory()
+        if memory is not None:
+            gauges["device_memory"] = memory
         return gauges
 
     def readiness(self) -> dict[str, bool]:
@@ -146,8 +145,10 @@ class Node:
 
     def _heartbeat(self) -> bool:
         running = self.worker.current_job
+        memory = self.worker.device_memory()
         self.catalogue.set_state(heartbeat_at=f"{time.time():.3f}",
-                                 running_job="" if running is None else str(running))
+                                 running_job="" if running is None else str(running),
+                                 device_memory=memory.describe() if memory else "")
         return False
 
     def _loop(self, name: str, work: Callable[[], object], interval: float) -> None:

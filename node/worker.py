@@ -18,10 +18,11 @@ import pydicom
 from dicom_io.scan import SeriesFiles
 from node.catalogue import Catalogue
 from node.config import NodeConfig
+from node.device_memory import DeviceMemory, device_memory
 from node.jobqueue import Job, SqlJobQueue
 from node.metrics import NodeMetrics
 from node.outbox import Outbox
-from node.pipeline import Pipeline, VolumeResult
+from node.pipeline import Pipeline, VolumeResult, sum_timings
 from node.runner import run_series_set
 from node.settings import RunSettings
 from segnode_errors import SegnodeError
@@ -51,6 +52,8 @@ class Worker:
         self.outbox = outbox
         self._pipelines: dict[RunSettings, Pipeline] = {}
         self.current_job: int | None = None
+        #: Seconds per pipeline stage of the last finished job, summed over its volumes.
+        self.last_timings: dict[str, float] = {}
 
     def settings_for(self, models: tuple[str, ...], seg_type: str,
                      reports: tuple[str, ...] = ()) -> RunSettings:
@@ -88,6 +91,13 @@ class Worker:
             return pipeline.engines[0].device.type
         return "none"
 
+    def device_memory(self) -> DeviceMemory | None:
+        """Memory of the device the loaded models run on; None before any is loaded."""
+        for pipeline in self._pipelines.values():
+            device = pipeline.engines[0].device
+            return device_memory(device.type, device.index or 0)
+        return None
+
     def run_once(self) -> bool:
         """Run the oldest queued job; False when there was none."""
         job = self.queue.claim()
@@ -95,6 +105,7 @@ class Worker:
             return False
         self.current_job = job.id
         started = time.time()
+        self.last_timings = {}
         try:
             self.run(job)
         finally:
@@ -107,6 +118,7 @@ class Worker:
                 "wait_in_queue": started - job.created_at,
                 "complete_to_done": time.time() - last,
                 "process": time.time() - started,
+                **self.last_timings,
             })
         return True
 
@@ -148,11 +160,14 @@ class Worker:
                                           specific_tags=["SOPInstanceUID"]).SOPInstanceUID)
             for destination in job.destinations:
                 self.outbox.add(job.id, destination, path, sop_uid)
+        self.last_timings = sum_timings(results)
         summary: dict[str, Any] = {
             "volumes": [{"key": r.key, "status": r.status, "reason": r.reason,
                          "folder": str(r.folder) if r.folder else None,
-                         "structures": len(r.structures)} for r in results],
+                         "structures": len(r.structures), "timings": r.timings}
+                        for r in results],
             "outputs": [str(p) for p in outputs],
+            "timings": self.last_timings,
         }
         problems = "; ".join(f"{r.key}: {r.reason}" for r in results if r.status == "failed")
         if produced or not problems:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import time
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from fastapi.testclient import TestClient
 
 from node.catalogue import Catalogue
 from node.config import NodeConfig
+from node.device_memory import device_memory
 from node.jobqueue import SqlJobQueue
 from node.metrics import NodeMetrics
 from node.outbox import Outbox
@@ -69,8 +71,9 @@ class Site:
         [delivery] = self.outbox.due()
         self.outbox.failed_permanent(delivery, "association rejected")
         self.delivery = delivery.id
-        self.metrics = NodeMetrics(lambda: {"jobs": self.queue.counts(), "outbox": {},
-                                            "series": {}, "disk_free_bytes": 123})
+        self.metrics = NodeMetrics(lambda: {
+            "jobs": self.queue.counts(), "outbox": {}, "series": {}, "disk_free_bytes": 123,
+            "device_memory": device_memory("cpu")})
         ctx = WebContext(self.config, self.catalogue, self.queue, self.outbox, time.time())
         self.client = TestClient(create_app(
             ctx, self.metrics, readiness=lambda: {"listener_accepting": True,
@@ -181,14 +184,17 @@ def test_export_of_volume_tables(site: Site) -> None:
 def test_metrics_health_and_readiness(site: Site) -> None:
     site.metrics.association_closed("rejected (calling AE title 'X' is not configured)", 0, 0, 0)
     site.metrics.association_closed("released", 6, 1, 6000)
-    site.metrics.job_finished("done", {"process": 4.2})
+    site.metrics.job_finished("done", {"process": 4.2, "segment.network": 3.1})
     text = site.client.get("/metrics").text
     assert 'segnode_associations_total{result="calling_ae"} 1.0' in text
     assert 'segnode_associations_total{result="accepted"} 1.0' in text
     assert "segnode_instances_received_total 5.0" in text
     assert 'segnode_jobs{state="failed"} 1.0' in text
     assert 'segnode_stage_seconds_count{stage="process"} 1.0' in text
+    assert 'segnode_stage_seconds_sum{stage="segment.network"} 3.1' in text
     assert "segnode_disk_free_bytes 123.0" in text
+    resident = re.search(r'segnode_device_memory_used_bytes\{device="cpu"\} ([\d.e+]+)', text)
+    assert resident and float(resident.group(1)) > 50e6  # this test process, torch not needed
     assert site.client.get("/healthz").json() == {"status": "alive"}
     ready = site.client.get("/readyz")
     assert ready.status_code == 503 and ready.json()["checks"]["model_loaded"] is False
