@@ -10,7 +10,7 @@ TORCH_PINS  := torch==2.14.1 torchvision==0.29.1
 STAMP       := $(VENV)/.segnode-installed
 DEMO_OUT    ?= out/demo
 
-.PHONY: all setup run test test-fast lint peers clean demo-model bench bench-receive bench-inference bench-e2e bench-stitch bench-seg
+.PHONY: all setup run test test-fast lint peers clean demo-model bench bench-receive bench-inference bench-e2e bench-overhead bench-stitch bench-seg
 
 all: test
 
@@ -62,6 +62,10 @@ bench-receive: $(STAMP) peers
 # Whole-body CPU inference next to nnU-Net's stock predictor (about 15 minutes).
 bench-inference: $(STAMP)
 	$(BIN)/python bench/inference.py --json .bench/inference.json
+
+# Last instance in to SEG and SR acknowledged by Orthanc, minus the forward passes (root).
+bench-overhead: $(STAMP) peers
+	$(BIN)/python bench/node_overhead.py --json .bench/node_overhead.json
 
 # `segnode segment` next to MRSegmentator 2.0's DICOM path (installs it into .bench/).
 bench-e2e: $(STAMP)

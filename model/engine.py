@@ -8,7 +8,8 @@ installs, see ``shared/reference/nnunet_notes.md``): the class named in
 ``plans.json`` is instantiated with ``get_network_from_plans`` once per fold
 and each copy gets its fold's ``network_weights`` (one module per fold, so a
 compiled module may freeze its weights). Preprocessing (cropping, the plans'
-normalisation, resampling to the plans' spacing) is nnU-Net's preprocessor;
+normalisation, resampling to the plans' spacing) is nnU-Net's, without the
+segmentation work inference discards (:mod:`model.preprocess`);
 the sliding window, the fold ensemble, the resampling back to the input grid
 and the argmax run in :mod:`model.sliding_window`, on the engine's device,
 streaming along the head-foot axis so that only the uint8 labels come back.
@@ -56,6 +57,7 @@ from segnode_errors import ModelError
 from ._nnunet import NnunetInput, labels_from_nnunet, volume_to_nnunet
 from .device import CudaProbe, resolve_device, resolve_precision
 from .packs import Fold, InferenceDefaults, ModelPack, NnunetModel
+from .preprocess import preprocess_image
 from .sliding_window import AxisMode, Precision, StreamingPredictor, working_bytes
 
 __all__ = ["SegmentationEngine"]
@@ -175,7 +177,8 @@ class _ModelRunner:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
             before = torch.cuda.memory_allocated(self.device)
-            p.predict_tile(torch.zeros((1, 1, *p.patch_size), device=self.device))
+            with torch.inference_mode():
+                p.predict_tile(torch.zeros((1, 1, *p.patch_size), device=self.device))
             self.tile_bytes = torch.cuda.max_memory_allocated(self.device) - before
         self._warm = True
 
@@ -199,11 +202,13 @@ class _ModelRunner:
 
         pm, cm = self.plans_manager, self.configuration
         t0 = time.perf_counter()
-        preprocessor = cm.preprocessor_class(verbose=False)
         with _nnunet_stdout():
-            data, _, props = preprocessor.run_case_npy(
-                prepared.array, None, {"spacing": list(prepared.spacing)}, pm, cm,
-                self.dataset_json)
+            if cm.preprocessor_name == "DefaultPreprocessor":
+                data, props = preprocess_image(prepared.array, prepared.spacing, pm, cm)
+            else:  # a model's own preprocessor: run as nnU-Net runs it
+                data, _, props = cm.preprocessor_class(verbose=False).run_case_npy(
+                    prepared.array, None, {"spacing": list(prepared.spacing)}, pm, cm,
+                    self.dataset_json)
         t1 = time.perf_counter()
         export_shape = props["shape_after_cropping_and_before_resampling"]
         modes = _export_modes(cm, [props["spacing"][i] for i in pm.transpose_forward])
@@ -267,7 +272,8 @@ def _compile_networks(predictor: StreamingPredictor, where: str) -> bool:
 
     started = time.perf_counter()
     eager = list(predictor.networks)
-    tile = torch.zeros((1, 1, *predictor.patch_size), device=predictor.device)
+    with torch.inference_mode():  # an inference tensor, like every tile: no recompilation
+        tile = torch.zeros((1, 1, *predictor.patch_size), device=predictor.device)
     try:
         with inductor_config.patch(freezing=True):
             predictor.networks = [torch.compile(network) for network in eager]

@@ -268,8 +268,11 @@ class StreamingPredictor:
                     weights[keep:] = 0
                     window_start = z
                 for y, x in itertools.product(steps[1], steps[2]):
-                    tile = padded[:, z:z + patch[0], y:y + patch[1], x:x + patch[2]]
-                    prediction = self.predict_tile(tile[None].to(self.device)).to(self._results)
+                    # contiguous, as at warm-up: a compiled network would otherwise be
+                    # compiled again (for these strides, and without freezing)
+                    tile = padded[None, :, z:z + patch[0], y:y + patch[1], x:x + patch[2]]
+                    tile = tile.to(self.device).contiguous()
+                    prediction = self.predict_tile(tile).to(self._results)
                     region = (slice(None), slice(0, patch[0]), slice(y, y + patch[1]),
                               slice(x, x + patch[2]))
                     window[region] += prediction * gaussian
