@@ -76,6 +76,7 @@ def _config(root: Path, port: int, orthanc: Orthanc, quiet_s: float) -> Path:
         "processing": {"device": "cpu"},
         "web": {"enabled": False},
     }
+    root.mkdir(parents=True, exist_ok=True)
     path = root / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     return path

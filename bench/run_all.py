@@ -16,7 +16,7 @@ reason, never left out.
   network's forward passes (root; its "peer" is the target itself).
 
 Usage (about 30 minutes on 2 cores): ``.venv/bin/python bench/run_all.py
-[--only NAME ...] [--tile-step S]``
+[--only NAME ...] [--tile-step S] [--table-only]``
 """
 
 from __future__ import annotations
@@ -160,6 +160,8 @@ def _cell(value: float | None) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", choices=BENCHES, default=list(BENCHES))
+    parser.add_argument("--table-only", action="store_true",
+                        help="print the table from the benchmarks' last JSON, run nothing")
     parser.add_argument("--tile-step", type=float, default=0.5,
                         help="tile step of the whole-body benchmark (nnU-Net's default 0.5)")
     args = parser.parse_args(argv)
@@ -167,7 +169,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows: list[Row] = []
     problems: dict[str, str] = {}
     for name in args.only:
-        data, problem = run_bench(name, args.tile_step)
+        if args.table_only:
+            saved = OUT / f"{name}.json"
+            data = json.loads(saved.read_text()) if saved.exists() else None
+            problem = "" if data is not None else f"no {saved} (not run yet)"
+        else:
+            data, problem = run_bench(name, args.tile_step)
         if problem:
             problems[name] = problem
         if data is not None:
