@@ -44,14 +44,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench._child import BenchError, run_json_child  # noqa: E402
+
 WORK = REPO / ".bench" / "end_to_end"
 PEER_VENV = REPO / ".bench" / "mrsegmentator-venv"
 PEER = "mrsegmentator==2.0.0"
 CASES = ("segnode", "MRSegmentator 2.0")
-
-
-class BenchError(RuntimeError):
-    """A case could not be measured."""
 
 
 def write_series(folder: Path) -> Path:
@@ -123,15 +123,6 @@ def run_case(name: str, series: Path, model: Path) -> dict:
     return {"seconds": seconds, "peak_gib": peak, "dicom_outputs": produced}
 
 
-def run_child(name: str, series: Path, model: Path) -> dict:
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--run", name,
-                           "--model-folder", str(model)], cwd=REPO, capture_output=True,
-                          text=True, timeout=3600, env={**os.environ, "PYTHONPATH": str(REPO)})
-    if proc.returncode != 0:
-        raise BenchError(f"{name}: exit status {proc.returncode}\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.splitlines()[-1])
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3, help="runs per case (median shown)")
@@ -161,7 +152,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if name in problems:
                 continue
             try:
-                results[name].append(run_child(name, series, model.resolve()))
+                results[name].append(run_json_child(__file__, name, (
+                    "--model-folder", str(model.resolve()))))
             except BenchError as exc:
                 problems[name] = str(exc)
     rows = []

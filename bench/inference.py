@@ -42,7 +42,6 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -51,6 +50,10 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench._child import BenchError, run_json_child  # noqa: E402
+
 WORK = REPO / ".bench" / "inference"
 SHAPE_XYZ = (320, 260, 316)
 SPACING_XYZ = (1.4, 1.4, 3.0)
@@ -58,10 +61,6 @@ PATCH = (96, 128, 160)
 MODEL_SPACING = (3.0, 1.5, 1.5)
 FEATURES = (32, 64, 128, 256, 320, 320)
 CASES = ("nnU-Net stock", "segnode", "segnode eager", "segnode fp32")
-
-
-class BenchError(RuntimeError):
-    """A case could not be measured."""
 
 
 def write_model(folder: Path) -> Path:
@@ -231,15 +230,6 @@ def run_case(name: str, tile_step: float) -> dict:
     return figures
 
 
-def run_child(name: str, tile_step: float) -> dict:
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--run", name,
-                           "--tile-step", str(tile_step)], cwd=REPO, capture_output=True,
-                          text=True, timeout=3600, env={**os.environ, "PYTHONPATH": str(REPO)})
-    if proc.returncode != 0:
-        raise BenchError(f"{name}: exit status {proc.returncode}\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.splitlines()[-1])
-
-
 def _agreement(name: str) -> float | None:
     ref, other = (WORK / "labels-nnU-Net_stock.npy"), WORK / f"labels-{name.replace(' ', '_')}.npy"
     if not (ref.exists() and other.exists()):
@@ -298,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 continue
         print(f"running {name} ...", flush=True)
         try:
-            results[name] = run_child(name, args.tile_step)
+            results[name] = run_json_child(__file__, name, ("--tile-step", str(args.tile_step)))
         except BenchError as exc:
             problems[name] = str(exc)
             print(f"  failed: {exc}", flush=True)

@@ -37,7 +37,6 @@ import argparse
 import ctypes
 import gc
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -49,6 +48,10 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench._child import BenchError, run_json_child  # noqa: E402
+
 WORK = REPO / ".bench" / "seg_write"
 SHAPE = (300, 256, 256)
 SPACING = (3.0, 1.5, 1.5)
@@ -56,10 +59,6 @@ STRUCTURES = 40
 DCMQI = "dcmqi==1.5.7"
 CASES = ("segnode BINARY", "segnode LABELMAP", "segnode BINARY, reading inputs",
          "peer: dcmqi itkimage2segimage BINARY")
-
-
-class BenchError(RuntimeError):
-    """The benchmark could not run as described."""
 
 
 def _labels() -> np.ndarray:
@@ -214,15 +213,6 @@ def run_case(name: str) -> dict:
     return _dcmqi()
 
 
-def run_child(name: str) -> dict:
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--run", name],
-                          cwd=REPO, capture_output=True, text=True, timeout=1800,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
-    if proc.returncode != 0:
-        raise BenchError(f"{name}: exit status {proc.returncode}\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.splitlines()[-1])
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3, help="runs per case (median shown)")
@@ -241,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if name in problems:
                 continue
             try:
-                results[name].append(run_child(name))
+                results[name].append(run_json_child(__file__, name, timeout=1800))
             except BenchError as exc:
                 problems[name] = str(exc)
     rows = []

@@ -530,13 +530,12 @@ class SegmentationEngine:
         the argmax, interleaved with the window) and ``other`` (the rest:
         reorientation, merging, the window's bookkeeping).
         """
-        parts = {"preprocess": 0.0, "network": 0.0, "export": 0.0}
+        names = {"preprocess_s": "preprocess", "predict_s": "network", "export_s": "export"}
+        parts = dict.fromkeys(names.values(), 0.0)
         for key, seconds in self.last_timings.items():
-            name = key.rsplit(".", 1)[-1]
-            for part, suffix in (("preprocess", "preprocess_s"), ("network", "predict_s"),
-                                 ("export", "export_s")):
-                if name == suffix:
-                    parts[part] += seconds
+            part = names.get(key.rsplit(".", 1)[-1])  # "<model id>.predict_s" in multi-model packs
+            if part is not None:
+                parts[part] += seconds
         total = self.last_timings.get("total_s", 0.0)
         parts["other"] = max(0.0, total - sum(parts.values()))
         return parts
