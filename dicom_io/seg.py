@@ -20,6 +20,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 
 from dicom_io import _equipment
+from dicom_io._seg_frames import complete_seg, is_multiframe_source, probe_sources
 from dicom_io.content import AlgorithmInfo, SegmentInfo
 from dicom_io.uids import derived_uid
 from segnode_errors import ExportError
@@ -67,7 +68,7 @@ def segment_tracking_uid(source_series_uid: str, algorithm: AlgorithmInfo, label
 
 def _frame_geometries(source_images: Sequence[Dataset]) -> list[tuple[np.ndarray, ...]]:
     """Return (position, row cosine, column cosine, pixel spacing) per source frame."""
-    if len(source_images) == 1 and int(getattr(source_images[0], "NumberOfFrames", 1)) > 1:
+    if is_multiframe_source(source_images):
         src = source_images[0]
         shared = src.SharedFunctionalGroupsSequence[0]
         out = []
@@ -239,21 +240,27 @@ def _segment_description(
     return desc
 
 
-def _present_segments(
-    frames: np.ndarray, segments: Sequence[SegmentInfo]
-) -> tuple[list[SegmentInfo], np.ndarray]:
-    """Return the described labels present (ascending) and a label -> segment lookup."""
+def label_counts(frames: np.ndarray) -> np.ndarray:
+    """Voxel count of every label value on every frame: (n_frames, max label + 1)."""
+    if frames.dtype.kind not in "uib" or (frames.dtype.kind == "i" and frames.min() < 0):
+        raise ExportError(f"Label volume must hold integers 0 and up, got {frames.dtype}.")
+    length = int(frames.max()) + 1
+    return np.stack([np.bincount(frame.ravel(), minlength=length) for frame in frames])
+
+
+def _present_segments(counts: np.ndarray, segments: Sequence[SegmentInfo]) -> list[SegmentInfo]:
+    """The described structures present, in ascending label order."""
     by_label = {s.number: s for s in segments}
-    counts = np.bincount(frames.ravel()) if frames.dtype.kind in "ub" else None
-    present = ([int(v) for v in np.flatnonzero(counts) if v != 0] if counts is not None
-               else [int(v) for v in np.unique(frames) if v != 0])
+    present = [int(v) for v in np.flatnonzero(counts.sum(axis=0)) if v != 0]
     missing = [v for v in present if v not in by_label]
     if missing:
-        raise ExportError(f"Label values {missing} have no SegmentInfo.")
-    lookup = np.zeros(int(frames.max()) + 1, dtype=np.uint16)
-    for seg_number, value in enumerate(present, start=1):
-        lookup[value] = seg_number
-    return [by_label[v] for v in present], lookup
+        raise ExportError(f"Label values {_abbreviated(missing)} have no SegmentInfo.")
+    return [by_label[v] for v in present]
+
+
+def _abbreviated(values: Sequence[int], shown: int = 10) -> str:
+    text = ", ".join(str(v) for v in values[:shown])
+    return f"[{text}, ... {len(values)} in all]" if len(values) > shown else f"[{text}]"
 
 
 def build_seg(
@@ -265,13 +272,13 @@ def build_seg(
     seg_type: SegType | str = "binary",
     series_number: int = 9001,
     series_description: str | None = None,
-) -> hd.seg.Segmentation:
+) -> Dataset:
     """Build a DICOM Segmentation of a label volume on its source images.
 
     Parameters
     ----------
     labels : highdicom.Volume
-        Integer label volume on the source images' grid (any k order).
+        Unsigned integer label volume on the source images' grid (any k order).
     source_images : sequence of pydicom.Dataset
         Source headers (PixelData not needed): single-frame images of one
         series in any order, or one multi-frame image.
@@ -289,20 +296,24 @@ def build_seg(
 
     Returns
     -------
-    highdicom.seg.Segmentation
-        Segments only for the labels present, numbered 1..n in ascending
-        label order. Series and SOP Instance UIDs derive from the source
-        series, the model name/version and ``seg_type``.
+    pydicom.Dataset
+        The Segmentation highdicom builds for these frames (its header is
+        highdicom's, the frames are encoded in bulk by
+        :mod:`dicom_io._seg_frames`): segments only for the labels present,
+        numbered 1..n in ascending label order. Series and SOP Instance UIDs
+        derive from the source series, the model name/version and ``seg_type``.
 
     Raises
     ------
     ExportError
         If the volume is not on the source grid, no structure is present,
-        or a present label has no description.
+        a present label has no description, or the source images differ in
+        orientation or share a position.
     """
     kind = _validate_seg_type(seg_type)
     frames = labels_in_source_order(labels, source_images)
-    present, lookup = _present_segments(frames, segments)
+    counts = label_counts(frames)
+    present = _present_segments(counts, segments)
     if not present:
         raise ExportError("The label volume holds no structure: no SEG to write.")
     series_uid = source_images[0].SeriesInstanceUID
@@ -310,11 +321,16 @@ def build_seg(
         _segment_description(n, info, algorithm, series_uid)
         for n, info in enumerate(present, start=1)
     ]
-    seg = _build_segmentation(
-        source_images, lookup[frames], descriptions, algorithm, kind,
+    probe_images, probe_frames = probe_sources(source_images)
+    probe = np.zeros((probe_frames, *frames.shape[1:]), np.uint8)
+    probe[:, 0, 0] = 1  # segment 1 in the first pixel of each probe frame
+    header = _highdicom_seg(
+        probe_images, probe, descriptions, algorithm, kind,
         series_number=series_number,
         series_description=series_description or f"{algorithm.name} segmentation",
     )
+    seg = complete_seg(header, source_images, frames, [info.number for info in present],
+                       counts, _plane_positions(source_images))
     logger.info(
         "Built %s SEG %s with %d segments, %d frames for series %s",
         kind, seg.SOPInstanceUID, len(present), int(seg.NumberOfFrames), series_uid,
@@ -322,9 +338,25 @@ def build_seg(
     return seg
 
 
-def _build_segmentation(
+def _plane_positions(source_images: Sequence[Dataset]) -> list[hd.PlanePositionSequence]:
+    """Each source plane's position as highdicom copies it into a derived image."""
+    if is_multiframe_source(source_images):
+        return hd.utils.get_plane_positions_of_image(source_images[0])
+    iop = source_images[0].ImageOrientationPatient
+    for image in source_images:
+        if image.ImageOrientationPatient != iop:
+            raise ExportError(
+                f"Source image {image.SOPInstanceUID} differs in orientation from the "
+                "first: a SEG needs one orientation."
+            )
+    return [hd.PlanePositionSequence(hd.CoordinateSystemNames.PATIENT,
+                                     image.ImagePositionPatient)
+            for image in source_images]
+
+
+def _highdicom_seg(
     source_images: Sequence[Dataset],
-    frames: np.ndarray,
+    pixel_array: np.ndarray,
     descriptions: list[hd.seg.SegmentDescription],
     algorithm: AlgorithmInfo,
     kind: str,
@@ -332,16 +364,18 @@ def _build_segmentation(
     series_number: int,
     series_description: str,
 ) -> hd.seg.Segmentation:
-    """Call highdicom with frames already in source order (frame f = source f).
+    """highdicom's Segmentation of ``pixel_array`` (segment numbers) on ``source_images``.
 
-    highdicom copies the source pixel measures and adds SpacingBetweenSlices
-    computed from the source positions (omitted if they are not evenly spaced).
+    :func:`build_seg` calls it on the probe of :func:`probe_sources` for the
+    header. highdicom copies the source pixel measures and adds
+    SpacingBetweenSlices computed from the source positions (omitted if they
+    are not evenly spaced).
     """
     parts = (source_images[0].SeriesInstanceUID, algorithm.name, algorithm.version, kind)
     with _equipment.no_phi_warnings():
         return hd.seg.Segmentation(
             source_images=source_images,
-            pixel_array=frames,
+            pixel_array=pixel_array,
             segmentation_type=hd.seg.SegmentationTypeValues[kind.upper()],
             segment_descriptions=descriptions,
             series_instance_uid=derived_uid("seg-series", *parts),
@@ -353,7 +387,7 @@ def _build_segmentation(
             software_versions=_equipment.SOFTWARE_VERSION,
             device_serial_number=_equipment.DEVICE_SERIAL_NUMBER,
             transfer_syntax_uid=RLELossless if kind == "labelmap" else ExplicitVRLittleEndian,
-                series_description=series_description,
+            series_description=series_description,
             omit_empty_frames=True,
             specific_character_set=_equipment.source_character_set(source_images[0]),
         )
