@@ -15,6 +15,8 @@ import highdicom as hd
 import numpy as np
 from scipy import ndimage
 
+from model.components import component_sizes
+
 __all__ = [
     "FOV_EDGE",
     "LATERALITY",
@@ -151,16 +153,15 @@ def fragment_flags(
     """
     a = labels.array
     boxes = ndimage.find_objects(a)
-    structure = np.ones((3, 3, 3), dtype=bool)
     flags = []
     for index, box in enumerate(boxes):
         if box is None:
             continue
         value = index + 1
-        components, n = ndimage.label(a[box] == value, structure=structure)
+        sizes = component_sizes(a[box] == value)
+        n = len(sizes)
         if n < 2:
             continue
-        sizes = np.bincount(components.ravel())[1:]
         fraction = float(sizes.max() / sizes.sum())
         if fraction < min_largest_fraction:
             name = label_names.get(value, str(value))

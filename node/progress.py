@@ -44,11 +44,16 @@ class Progress:
 
             self._bar = tqdm(total=total, unit="series", file=self._stream, leave=True)
 
-    def start(self, key: str) -> None:
-        """Mark the start of the next series, identified by ``key`` (a UID)."""
+    def start(self, key: str, *, read_s: float = 0.0) -> None:
+        """Mark the start of the next series, identified by ``key`` (a UID).
+
+        ``read_s`` is the time its files took to read before it started (the
+        series are read before the run knows how many volumes they hold); it
+        opens the ``read`` stage.
+        """
         self._index += 1
         self._key = key
-        self._timings = {}
+        self._timings = {"read": read_s} if read_s else {}
         self._stage = ""
         self.stage("read")
 

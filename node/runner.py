@@ -125,7 +125,9 @@ def run_series_set(pipeline: Pipeline, series_list: list[SeriesFiles], out_root:
     """
     results: list[VolumeResult] = []
     volumes = []
+    read_s: dict[int, float] = {}  # id(volume) -> its share of its series' reading time
     for files in series_list:
+        started = time.perf_counter()
         try:
             read = read_series(files)
         except SegnodeError as exc:
@@ -134,6 +136,8 @@ def run_series_set(pipeline: Pipeline, series_list: list[SeriesFiles], out_root:
             continue
         results.extend(_rejection_result(rejection) for rejection in read.rejected)
         volumes.extend(read.volumes)
+        share = (time.perf_counter() - started) / max(len(read.volumes), 1)
+        read_s.update({id(volume): share for volume in read.volumes})
     options = pipeline.settings.stations
     station_sets, singles = (group_stations(volumes, options.grouping) if options.enabled
                              else ([], volumes))
@@ -141,11 +145,12 @@ def run_series_set(pipeline: Pipeline, series_list: list[SeriesFiles], out_root:
     for stations in station_sets:
         logger.info("stations %s: %d stations x %s", stations.key, stations.station_count,
                     ", ".join(stations.contrasts))
-        progress.start(stations.key)
+        progress.start(stations.key, read_s=sum(
+            read_s.get(id(v), 0.0) for station in stations.contrasts.values() for v in station))
         results.extend(_guarded_many(stations.key, progress, lambda s=stations:
                                      pipeline.run_station_set(s, out_root, progress)))
     for volume in singles:
-        progress.start(volume.key)
+        progress.start(volume.key, read_s=read_s.get(id(volume), 0.0))
         results.append(_guarded(volume.key, progress,
                                 lambda v=volume: pipeline.run_series_volume(v, out_root,
                                                                             progress)))

@@ -4,9 +4,11 @@ Start-up order: open the catalogue, queue again the jobs a crash left
 running, load the first rule's model (the device is decided here, once, and
 shown in ``segnode status``), then start the listener and the loops. Each
 loop runs in its own thread and looks for work every
-``timing.poll_interval_s``; a failure inside one round is logged and the loop
-goes on. SIGTERM or SIGINT stops the node; whatever was running is picked up
-again at the next start.
+``timing.poll_interval_s``, and at once when the loop before it in the chain
+did some (a job queued wakes the worker, a job finished wakes the
+dispatcher); a failure inside one round is logged and the loop goes on.
+SIGTERM or SIGINT stops the node; whatever was running is picked up again at
+the next start.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ class Node:
         self._started_at = time.time()
         self.retention = Retention(self.config, self.catalogue, self.spool)
         self._threads: list[threading.Thread] = []
+        self._wakes: list[threading.Event] = []
 
     def start(self) -> None:
         """Recover, load the first model, start listening and the loops."""
@@ -90,9 +93,9 @@ class Node:
                                  listener=self.listener.describe(), device=device,
                                  heartbeat_at=f"{time.time():.3f}", running_job="")
         interval = self.config.timing.poll_interval_s
-        self._loop("assembler", self.assembler.run_once, interval)
-        self._loop("worker", self.worker.run_once, interval)
-        self._loop("dispatcher", self.dispatcher.run_once, interval)
+        dispatcher = self._loop("dispatcher", self.dispatcher.run_once, interval)
+        worker = self._loop("worker", self.worker.run_once, interval, then=dispatcher)
+        self._loop("assembler", self.assembler.run_once, interval, then=worker)
         self._loop("retention", self.retention.run_once, _RETENTION_INTERVAL_S)
         self._loop("heartbeat", self._heartbeat, interval)
         logger.info("segnode node up: %s, device %s, %d rule(s), %d destination(s)",
@@ -151,24 +154,40 @@ class Node:
                                  device_memory=memory.describe() if memory else "")
         return False
 
-    def _loop(self, name: str, work: Callable[[], object], interval: float) -> None:
+    def _loop(self, name: str, work: Callable[[], object], interval: float,
+              then: threading.Event | None = None) -> threading.Event:
+        """Run ``work`` in a thread until stopped; returns the event that wakes it early.
+
+        After a round that did something the loop goes again at once and sets
+        ``then`` (the next loop's wake event); after an idle round it waits
+        ``interval`` or until woken.
+        """
+        wake = threading.Event()
+        self._wakes.append(wake)
+
         def run() -> None:
             while not self.stop_event.is_set():
+                wake.clear()
                 try:
                     busy = bool(work())
                 except Exception:  # noqa: BLE001 - a loop never dies of one bad round
                     logger.exception("%s: round failed", name)
                     busy = False
+                if busy and then is not None:
+                    then.set()
                 if not busy:
-                    self.stop_event.wait(interval)
+                    wake.wait(interval)
 
         thread = threading.Thread(target=run, name=f"segnode-{name}", daemon=True)
         thread.start()
         self._threads.append(thread)
+        return wake
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop listening and let the loops finish their current round."""
         self.stop_event.set()
+        for wake in self._wakes:
+            wake.set()
         if self.web is not None:
             self.web.stop()
         self.listener.stop()

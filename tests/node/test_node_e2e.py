@@ -274,6 +274,7 @@ def test_storescu_series_comes_back_as_seg_and_sr_at_orthanc(setup: Setup) -> No
                      r"network [\d.]+ s, export [\d.]+ s", status.stdout), status.stdout
     timings = jobs and setup.node.queue.get(jobs[0].id).result["timings"]
     assert timings["segment.network"] > 0 and timings["write"] > 0
+    assert timings["read"] > 0.001  # reading the series is timed, though done before the run
     listing = setup.node.cli("jobs", "list")
     assert "done     " in listing.stdout and series.series_uid in listing.stdout
 
