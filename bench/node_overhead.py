@@ -3,8 +3,8 @@
 What is measured
 ----------------
 ``segnode serve`` (a series rule: MR, the built-in demo model, CPU, series
-quiet time Q) and
-Orthanc (its destination) run on 127.0.0.1 in a private network namespace.
+quiet time Q) and Orthanc (its destination) run on 127.0.0.1 in a private
+network namespace.
 DCMTK ``storescu`` sends a phantom MR series of 300 axial slices of 256 x 256
 (3 x 1.5 x 1.5 mm) over one association. From the node's own records:
 

@@ -106,12 +106,7 @@ def measure(
         is not on its grid.
     """
     _validate(labels, image)
-    flat = labels.array.ravel()
-    counts = np.bincount(flat)
-    sums = None
-    if image is not None:
-        sums = np.bincount(flat, weights=image.array.ravel().astype(np.float64),
-                           minlength=counts.size)
+    counts, sums = _counts_and_sums(labels.array, None if image is None else image.array)
     voxel_mm3 = float(abs(np.linalg.det(labels.affine[:3, :3])))
     edge = touches_fov_edge(labels)
     unnamed = [v for v in np.flatnonzero(counts)[1:] if int(v) not in label_names]
@@ -131,3 +126,22 @@ def measure(
             touches_fov_edge=value in edge,
         ))
     return out
+
+
+def _counts_and_sums(labels: np.ndarray, image: np.ndarray | None,
+                     ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Voxel count and intensity sum (float64) per label value, one plane at a time.
+
+    Plane by plane the int64 and float64 copies bincount needs stay small
+    (a whole-volume call makes a copy eight times the size of the labels).
+    """
+    length = int(labels.max()) + 1
+    counts = np.zeros(length, np.int64)
+    sums = None if image is None else np.zeros(length, np.float64)
+    for k in range(labels.shape[0]):
+        plane = labels[k].ravel()
+        counts += np.bincount(plane, minlength=length)
+        if sums is not None:
+            sums += np.bincount(plane, weights=image[k].ravel().astype(np.float64),
+                                minlength=length)
+    return counts, sums
