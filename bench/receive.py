@@ -9,6 +9,10 @@ started in its own private network namespace, listening on that namespace's
 
 - ``storescp``: DCMTK ``storescp --fork`` writing to a folder, with its
   default maximum PDU (16 kB) and with ``-pdu 131072`` (the largest it takes);
+- ``pynetdicom no-op SCP`` (``bench/_noop_scp.py``): a pynetdicom AE with
+  default settings that takes each encoded data set, notes its SOP Instance
+  UID and answers Success, storing nothing: what pynetdicom itself can
+  receive, the ceiling of any SCP built on it;
 - ``segnode``: ``segnode serve`` with no rules (nothing is processed, no model
   is loaded), which answers Success only after the file and its folder are
   fsynced and the catalogue row is committed (SQLite WAL, synchronous=FULL).
@@ -18,8 +22,9 @@ namespace over K parallel associations (the files dealt round-robin). The
 time is taken with ``time.perf_counter`` from starting the first storescu to
 the last one exiting; every storescu must exit 0, and afterwards every SOP
 Instance UID sent must be in the receiver's store (storescp: the files in its
-folder; segnode: the rows of its catalogue's ``instances`` table and the
-``.dcm`` files in its spool), or the run fails. Receivers start with an empty
+folder; the no-op SCP: the UIDs it noted; segnode: the rows of its
+catalogue's ``instances`` table and the ``.dcm`` files in its spool), or the
+run fails. Receivers start with an empty
 store, runs are interleaved, and ``sync`` runs before each timed send so that
 one run's dirty pages are not flushed in the next. Each (peer, K) is run R
 times; the table shows the median.
@@ -251,9 +256,32 @@ def _segnode(ns: NetNamespace, folder: Path, associations: int) -> Iterator[Serv
                 log.write(f"ERROR bench: segnode serve exited with status {rc} after SIGTERM\n")
 
 
+@contextlib.contextmanager
+def _pynetdicom_noop(ns: NetNamespace, folder: Path, _associations: int) -> Iterator[Served]:
+    port = ns.free_port()
+    uid_file = folder / "uids.txt"
+    uid_file.touch()
+    log_path = folder / "noop-scp.log"
+    start = time.perf_counter()
+    with log_path.open("wb") as log:
+        proc = ns.popen([*_pdeathsig(), sys.executable, str(REPO / "bench" / "_noop_scp.py"),
+                         SEGNODE_AET, HOST, str(port), str(uid_file)], cwd=REPO,
+                        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        try:
+            ns.wait_listening([port], timeout=READY_TIMEOUT_S, process=proc)
+        except (RuntimeError, TimeoutError) as exc:
+            raise BenchError(f"no-op SCP did not start: {exc}\n{_tail(log_path)}") from exc
+        yield Served(port, SEGNODE_AET, time.perf_counter() - start,
+                     lambda: set(uid_file.read_text().split()), [log_path])
+    finally:
+        stop_process(proc, STOP_TIMEOUT_S)
+
+
 PEERS = (
     Peer("storescp", "no fsync", _storescp(())),
     Peer("storescp -pdu 131072", "no fsync", _storescp(("-pdu", "131072"))),
+    Peer("pynetdicom no-op SCP", "nothing stored (pynetdicom's own ceiling)", _pynetdicom_noop),
     Peer("segnode", "fsync per instance + SQLite WAL commit", _segnode),
 )
 
@@ -372,13 +400,13 @@ def describe_machine(workdir: Path) -> list[str]:
     ]
 
 
-_COLUMNS = (f"{'peer':<20} {'assoc':>5} {'instances':>9} {'seconds':>8} {'images/s':>9} "
+_COLUMNS = (f"{'peer':<22} {'assoc':>5} {'instances':>9} {'seconds':>8} {'images/s':>9} "
             f"{'MB/s':>6} {'ready s':>7}")
 
 
 def _row(name: str, associations: int, instances: int, seconds: float, ready_s: float,
          data: BenchData) -> str:
-    return (f"{name:<20} {associations:>5} {instances:>9} {seconds:>8.2f} "
+    return (f"{name:<22} {associations:>5} {instances:>9} {seconds:>8.2f} "
             f"{instances / seconds:>9.1f} {data.total_bytes / seconds / 1e6:>6.1f} "
             f"{ready_s:>7.1f}")
 

@@ -117,8 +117,13 @@ def _receive(data: list[dict]) -> list[Row]:
     one = {r["peer"]: r["images_per_s"] for r in data if r["associations"] == 1}
     ours, theirs = one.get("segnode"), one.get("storescp")
     met = None if ours is None or not theirs else ours / theirs >= 0.5
+    ceiling = one.get("pynetdicom no-op SCP")
+    note = "segnode fsyncs, storescp does not"
+    if ceiling:
+        note += (f"; pynetdicom storing nothing: {ceiling:.0f} images/s "
+                 f"({ceiling / theirs:.2f} of storescp)" if theirs else "")
     return [Row("receive, 1 association images/s", ours, theirs, "DCMTK storescp",
-                ">= 1/2 of peer", met, "segnode fsyncs, storescp does not")]
+                ">= 1/2 of peer", met, note)]
 
 
 def _node_overhead(data: dict) -> list[Row]:

@@ -142,6 +142,21 @@ WAITING = "waiting"
 COMPLETE = "complete"
 
 
+# The statements of record_instance, built once (it runs for every instance received).
+_INSTANCE_BY_UID = sa.select(instances.c.path, instances.c.sha256).where(
+    instances.c.sop_instance_uid == sa.bindparam("uid"))
+_INSERT_INSTANCE = instances.insert()
+_UPDATE_INSTANCE = instances.update().where(
+    instances.c.sop_instance_uid == sa.bindparam("uid")).values(
+    {c: sa.bindparam(c) for c in ("series_uid", "study_uid", "sop_class_uid", "path",
+                                  "size_bytes", "sha256", "received_at", "calling_ae")})
+_SERIES_STATE = sa.select(series.c.state).where(series.c.series_uid == sa.bindparam("uid"))
+_SERIES_ARRIVAL = series.update().where(series.c.series_uid == sa.bindparam("uid")).values(
+    last_received_at=sa.bindparam("now"), purged_at=None)
+_SERIES_REOPENED = series.update().where(series.c.series_uid == sa.bindparam("uid")).values(
+    last_received_at=sa.bindparam("now"), purged_at=None, state=RECEIVING, decision="")
+
+
 @dataclass(frozen=True)
 class InstanceRecord:
     """One received instance, already durable in the spool."""
@@ -255,17 +270,17 @@ class Catalogue:
         if stored at another path) and counts as a new arrival for its series.
         An arrival in a completed series reopens it for a new run when
         ``reopen_complete`` is set; otherwise it is kept but not processed.
+
+        Called once per instance received: the statements are built once
+        (module constants with bound parameters), not per call.
         """
         now = self.clock()
         with self.begin() as db:
-            old = db.execute(
-                sa.select(instances.c.path, instances.c.sha256).where(
-                    instances.c.sop_instance_uid == record.sop_instance_uid
-                )
-            ).first()
+            old = db.execute(_INSTANCE_BY_UID, {"uid": record.sop_instance_uid}).first()
             if old is not None and old.sha256 == record.sha256:
                 return StoreOutcome("identical")
             values = {
+                "sop_instance_uid": record.sop_instance_uid,
                 "series_uid": record.series_uid,
                 "study_uid": record.study_uid,
                 "sop_class_uid": record.sop_class_uid,
@@ -276,19 +291,17 @@ class Catalogue:
                 "calling_ae": record.calling_ae,
             }
             if old is None:
-                db.execute(instances.insert().values(sop_instance_uid=record.sop_instance_uid,
-                                                     **values))
+                db.execute(_INSERT_INSTANCE, values)
             else:
-                db.execute(instances.update().where(
-                    instances.c.sop_instance_uid == record.sop_instance_uid).values(**values))
+                values["uid"] = values.pop("sop_instance_uid")
+                db.execute(_UPDATE_INSTANCE, values)
             reopened = self._touch_series(db, record, now, reopen_complete)
         old_path = Path(old.path) if old is not None and old.path != str(record.path) else None
         return StoreOutcome("new" if old is None else "replaced", old_path, reopened)
 
     def _touch_series(self, db: Connection, record: InstanceRecord, now: float,
                       reopen_complete: bool) -> bool:
-        row = db.execute(sa.select(series.c.state).where(
-            series.c.series_uid == record.series_uid)).first()
+        row = db.execute(_SERIES_STATE, {"uid": record.series_uid}).first()
         if row is None:
             db.execute(series.insert().values(
                 series_uid=record.series_uid, study_uid=record.study_uid,
@@ -299,11 +312,10 @@ class Catalogue:
             ))
             return False
         reopen = row.state == COMPLETE and reopen_complete
-        update: dict[str, Any] = {"last_received_at": now, "purged_at": None}
         if reopen or row.state == WAITING:
-            update.update(state=RECEIVING, decision="")
-        db.execute(series.update().where(series.c.series_uid == record.series_uid)
-                   .values(**update))
+            db.execute(_SERIES_REOPENED, {"uid": record.series_uid, "now": now})
+        else:
+            db.execute(_SERIES_ARRIVAL, {"uid": record.series_uid, "now": now})
         return reopen
 
     def quiet_series(self, received_before: float) -> list[SeriesRow]:
