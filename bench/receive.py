@@ -233,27 +233,37 @@ def _segnode_stored(folder: Path) -> set[str]:
 
 
 @contextlib.contextmanager
-def _segnode(ns: NetNamespace, folder: Path, associations: int) -> Iterator[Served]:
-    port = ns.free_port()
-    config = _segnode_config(folder, port, associations)
-    log_path = folder / "segnode.log"
+def _python_receiver(ns: NetNamespace, argv: Sequence[str], port: int, what: str,
+                     log_path: Path, stored: Callable[[], set[str]]) -> Iterator[Served]:
+    """Start a Python receiver (``argv`` after the interpreter) in ``ns``; stop it after.
+
+    A non-zero exit status after SIGTERM is noted at the end of its log.
+    """
     start = time.perf_counter()
     with log_path.open("wb") as log:
-        proc = ns.popen([*_pdeathsig(), sys.executable, "-m", "node.cli", "serve",
-                         "--config", config], cwd=REPO, stdin=subprocess.DEVNULL, stdout=log,
-                        stderr=subprocess.STDOUT)
+        proc = ns.popen([*_pdeathsig(), sys.executable, *argv], cwd=REPO,
+                        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
     try:
         try:
             ns.wait_listening([port], timeout=READY_TIMEOUT_S, process=proc)
         except (RuntimeError, TimeoutError) as exc:
-            raise BenchError(f"segnode serve did not start: {exc}\n{_tail(log_path)}") from exc
-        yield Served(port, SEGNODE_AET, time.perf_counter() - start,
-                     lambda: _segnode_stored(folder), [log_path])
+            raise BenchError(f"{what} did not start: {exc}\n{_tail(log_path)}") from exc
+        yield Served(port, SEGNODE_AET, time.perf_counter() - start, stored, [log_path])
     finally:
         rc = stop_process(proc, STOP_TIMEOUT_S)
         if rc != 0:
             with log_path.open("a") as log:
-                log.write(f"ERROR bench: segnode serve exited with status {rc} after SIGTERM\n")
+                log.write(f"ERROR bench: {what} exited with status {rc} after SIGTERM\n")
+
+
+@contextlib.contextmanager
+def _segnode(ns: NetNamespace, folder: Path, associations: int) -> Iterator[Served]:
+    port = ns.free_port()
+    config = _segnode_config(folder, port, associations)
+    with _python_receiver(ns, ["-m", "node.cli", "serve", "--config", str(config)], port,
+                          "segnode serve", folder / "segnode.log",
+                          lambda: _segnode_stored(folder)) as served:
+        yield served
 
 
 @contextlib.contextmanager
@@ -261,21 +271,10 @@ def _pynetdicom_noop(ns: NetNamespace, folder: Path, _associations: int) -> Iter
     port = ns.free_port()
     uid_file = folder / "uids.txt"
     uid_file.touch()
-    log_path = folder / "noop-scp.log"
-    start = time.perf_counter()
-    with log_path.open("wb") as log:
-        proc = ns.popen([*_pdeathsig(), sys.executable, str(REPO / "bench" / "_noop_scp.py"),
-                         SEGNODE_AET, HOST, str(port), str(uid_file)], cwd=REPO,
-                        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        try:
-            ns.wait_listening([port], timeout=READY_TIMEOUT_S, process=proc)
-        except (RuntimeError, TimeoutError) as exc:
-            raise BenchError(f"no-op SCP did not start: {exc}\n{_tail(log_path)}") from exc
-        yield Served(port, SEGNODE_AET, time.perf_counter() - start,
-                     lambda: set(uid_file.read_text().split()), [log_path])
-    finally:
-        stop_process(proc, STOP_TIMEOUT_S)
+    argv = [str(REPO / "bench" / "_noop_scp.py"), SEGNODE_AET, HOST, str(port), str(uid_file)]
+    with _python_receiver(ns, argv, port, "no-op SCP", folder / "noop-scp.log",
+                          lambda: set(uid_file.read_text().split())) as served:
+        yield served
 
 
 PEERS = (
@@ -494,6 +493,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.json.write_text(json.dumps(median_rows(results, args.associations), indent=2))
         print("\nstorescp: Success is sent once the file is written to the page cache; "
               "storescp has no option to fsync.\n"
+              "no-op:    a pynetdicom SCP that answers Success and stores nothing: what any "
+              "SCP on pynetdicom can reach at most.\n"
               "segnode:  Success is sent after fsync of the file and its folder and the "
               "commit of its catalogue row (SQLite WAL, synchronous=FULL).\n"
               "ready s:  start of the receiver to its port listening (not in 'seconds').")
