@@ -36,15 +36,16 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench._child import BenchError  # noqa: E402
 from node.catalogue import Catalogue  # noqa: E402
 from node.config import RetryConfig  # noqa: E402
 from node.jobqueue import SqlJobQueue  # noqa: E402
@@ -54,14 +55,11 @@ from tests.peers import (  # noqa: E402
     Orthanc,
     netns_available,
     orthanc_available,
+    poll_until,
     stop_process,
     storescu,
     write_phantom_series,
 )
-
-
-class BenchError(RuntimeError):
-    """The run could not be measured."""
 
 
 def _config(root: Path, port: int, orthanc: Orthanc, quiet_s: float) -> Path:
@@ -89,13 +87,10 @@ def _config(root: Path, port: int, orthanc: Orthanc, quiet_s: float) -> Path:
     return path
 
 
-def _wait(what: str, check, timeout: float, log: Path):  # noqa: ANN001, ANN202 - local helper
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
+def _wait(what: str, check: Callable[[], Any], timeout: float, log: Path) -> Any:
+    value = poll_until(check, timeout, 0.1)
+    if value:
+        return value
     tail = "\n".join(log.read_text().splitlines()[-30:]) if log.exists() else ""
     raise BenchError(f"timed out waiting for {what}; node log:\n{tail}")
 

@@ -69,6 +69,7 @@ import pydicom  # noqa: E402
 import yaml  # noqa: E402
 from highdicom import Volume  # noqa: E402
 
+from bench._child import BenchError  # noqa: E402
 from dicom_io.phantom_series import write_series  # noqa: E402
 from model.phantom import Phantom, make_grid  # noqa: E402
 from tests.peers import (  # noqa: E402
@@ -92,10 +93,6 @@ DCMTK_TIMEOUT_S = 30
 READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 20.0
 _LOG_FINDING = re.compile(r"\b(WARNING|ERROR|CRITICAL)\b|^[WEF]: |Traceback")
-
-
-class BenchError(RuntimeError):
-    """A run did not deliver every instance, or a peer did not start."""
 
 
 @dataclass(frozen=True)

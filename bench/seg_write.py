@@ -34,8 +34,6 @@ time): ``.venv/bin/python bench/seg_write.py [--repeat R] [--json FILE]``
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
 import json
 import resource
 import statistics
@@ -50,7 +48,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench._child import BenchError, run_json_child  # noqa: E402
+from bench._child import (  # noqa: E402
+    BenchError,
+    reset_peak_rss,
+    run_json_child,
+    status_mib,
+)
 
 WORK = REPO / ".bench" / "seg_write"
 SHAPE = (300, 256, 256)
@@ -136,13 +139,6 @@ def dcmqi_tool() -> Path:
 # -- one case in a fresh process ---------------------------------------------------------
 
 
-def _status_mib(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) / 1024
-    raise BenchError(f"/proc/self/status has no {field}")
-
-
 def _read_inputs() -> tuple[list, object]:
     import pydicom
 
@@ -169,10 +165,7 @@ def _segnode(seg_type: str, read_inside: bool) -> dict:
     build_seg(labels, sources, segments, algorithm, seg_type=seg_type)
     if read_inside:
         sources, labels = None, None
-    gc.collect()
-    ctypes.CDLL(None).malloc_trim(0)
-    Path("/proc/self/clear_refs").write_text("5")
-    before = _status_mib("VmRSS")
+    before = reset_peak_rss()
     start = time.perf_counter()
     if read_inside:
         sources, labels = _read_inputs()
@@ -180,7 +173,7 @@ def _segnode(seg_type: str, read_inside: bool) -> dict:
     buffer = BytesIO()
     seg.save_as(buffer, enforce_file_format=True)
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "peak_mib": _status_mib("VmHWM") - before,
+    return {"seconds": seconds, "peak_mib": status_mib("VmHWM") - before,
             "bytes": buffer.tell(), "segments": len(seg.SegmentSequence)}
 
 

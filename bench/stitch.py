@@ -44,7 +44,6 @@ Usage (about 70 s on 2 cores with R=3): ``.venv/bin/python bench/stitch.py [--re
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import importlib.metadata
 import json
@@ -52,7 +51,6 @@ import os
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import time
 import tracemalloc
@@ -68,6 +66,7 @@ import highdicom as hd  # noqa: E402
 import numpy as np  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
 
+from bench._child import BenchError, reset_peak_rss, run_json_child, status_mib  # noqa: E402
 from dicom_io.stitch import labels_to_station, stitch, stitched_grid  # noqa: E402
 from model.phantom import MR_INTENSITY, Phantom, make_grid  # noqa: E402
 
@@ -85,10 +84,6 @@ FAT_MM = 15.0
 WARM_UP_IN_PLANE = 16
 RUN_TIMEOUT_S = 300.0
 MIB = 2**20
-
-
-class BenchError(RuntimeError):
-    """A run failed or its measurement could not be taken."""
 
 
 @dataclass(frozen=True)
@@ -229,14 +224,6 @@ CASES = (
 # one run (child process)
 
 
-def _status_mib(field: str) -> float:
-    """A ``kB`` field of ``/proc/self/status`` (VmRSS, VmHWM) in MiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) / 1024
-    raise BenchError(f"/proc/self/status has no {field}")
-
-
 def _mib(arrays: Sequence[np.ndarray]) -> float:
     return sum(a.nbytes for a in arrays) / MIB
 
@@ -245,20 +232,13 @@ def measure(case: Case, trace: bool) -> RunResult:
     """Time one call of ``case`` on fresh inputs; see the module docstring."""
     data = build_inputs()
     case.run(build_inputs(WARM_UP_IN_PLANE, WARM_UP_IN_PLANE))
-    gc.collect()
-    # Freed heap memory stays resident, and a call reusing it would not raise the peak.
-    ctypes.CDLL(None).malloc_trim(0)
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError as exc:
-        raise BenchError(f"cannot reset the peak RSS (/proc/self/clear_refs): {exc}") from exc
-    before = _status_mib("VmRSS")
+    before = reset_peak_rss()
     cpu = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
     outputs = case.run(data)
     seconds = time.perf_counter() - start
     cpu_after = resource.getrusage(resource.RUSAGE_SELF)
-    peak = _status_mib("VmHWM") - before
+    peak = status_mib("VmHWM") - before
     output_mib = _mib(outputs)
     shapes = [list(a.shape) for a in outputs]
     numpy_peak = None
@@ -280,15 +260,8 @@ def measure(case: Case, trace: bool) -> RunResult:
 
 def run_child(case: Case, trace: bool) -> RunResult:
     """``measure(case)`` in a fresh interpreter."""
-    argv = [sys.executable, str(Path(__file__).resolve()), "--run", case.name]
-    try:
-        proc = subprocess.run(argv + (["--trace"] if trace else []), cwd=REPO,
-                              capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        raise BenchError(f"{case.name}: no result after {RUN_TIMEOUT_S:.0f} s") from None
-    if proc.returncode != 0:
-        raise BenchError(f"{case.name}: exit status {proc.returncode}\n{proc.stderr[-3000:]}")
-    return RunResult(**json.loads(proc.stdout.splitlines()[-1]))
+    return RunResult(**run_json_child(str(Path(__file__).resolve()), case.name,
+                                      ["--trace"] if trace else [], RUN_TIMEOUT_S))
 
 
 def describe_machine() -> list[str]:

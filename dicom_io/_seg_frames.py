@@ -49,15 +49,18 @@ def is_multiframe_source(source_images: Sequence[Dataset]) -> bool:
     return len(source_images) == 1 and int(getattr(source_images[0], "NumberOfFrames", 1)) > 1
 
 
-def probe_sources(source_images: Sequence[Dataset]) -> tuple[list[Dataset], int]:
-    """The source images highdicom builds the header from, and its number of frames.
+def probe_sources(source_images: Sequence[Dataset], frame_shape: tuple[int, int],
+                  ) -> tuple[list[Dataset], np.ndarray]:
+    """The source images highdicom builds the header from, and its pixel array.
 
     Single-frame images: the first one alone (one frame). A multi-frame image:
-    itself, one frame per source frame.
+    itself, one frame per source frame. Every probe frame holds segment 1 in
+    its first pixel, the rest is background.
     """
-    if is_multiframe_source(source_images):
-        return [source_images[0]], int(source_images[0].NumberOfFrames)
-    return [source_images[0]], 1
+    frames = int(source_images[0].NumberOfFrames) if is_multiframe_source(source_images) else 1
+    probe = np.zeros((frames, *frame_shape), np.uint8)
+    probe[:, 0, 0] = 1
+    return [source_images[0]], probe
 
 
 def complete_seg(
@@ -102,10 +105,11 @@ def complete_seg(
     correct_ambiguous_vr(seg, True)  # before any raw element: it would parse them
     binary = seg.SegmentationType == "BINARY"
     values = np.array([[float(x) for x in p[0].ImagePositionPatient] for p in positions])
-    order, dimension_index = _frame_order(seg, values, counts)
+    holding = counts[:, 1:].any(axis=1)  # source planes holding a label
+    order, dimension_index = _frame_order(seg, values, holding)
     if not is_multiframe_source(source_images):
         _reference_all_sources(seg, source_images, values)
-    _set_dimension_organization(seg, values, counts)
+    _set_dimension_organization(seg, values, holding)
     items = _plane_items(seg, source_images, positions, dimension_index, binary)
     if binary:
         frame_items, pixel_data = _binary_frames(frames, present, counts, order, items)
@@ -127,17 +131,17 @@ def complete_seg(
 
 
 def _frame_order(
-    seg: Dataset, values: np.ndarray, counts: np.ndarray,
+    seg: Dataset, values: np.ndarray, holding: np.ndarray,
 ) -> tuple[list[int], dict[int, int]]:
     """Source planes holding a label in highdicom's order, and each one's dimension index.
 
-    ``values`` holds the position of each source plane (n_planes, 3).
+    ``values`` holds the position of each source plane (n_planes, 3),
+    ``holding`` whether it holds a label.
     """
     normal = get_normal_vector(_orientation(seg), index_convention=VOLUME_INDEX_CONVENTION)
     _, sort_index = np.unique(values @ normal, return_index=True)
     if len(sort_index) != len(values):
         raise ExportError("Two source images share a position: no SEG can reference them.")
-    holding = counts[:, 1:].any(axis=1)
     order = [int(p) for p in sort_index if holding[p]]
     return order, {p: rank for rank, p in enumerate(order, start=1)}
 
@@ -147,13 +151,13 @@ def _orientation(seg: Dataset) -> list[float]:
                 .ImageOrientationPatient)
 
 
-def _set_dimension_organization(seg: Dataset, values: np.ndarray, counts: np.ndarray) -> None:
+def _set_dimension_organization(seg: Dataset, values: np.ndarray, holding: np.ndarray) -> None:
     """``3D`` as highdicom decides it: frames told apart by position alone, evenly spaced.
 
     That is a LABELMAP or a BINARY SEG of one segment, whose planes holding
     labels (in source order) are evenly spaced.
     """
-    included = np.flatnonzero(counts[:, 1:].any(axis=1))
+    included = np.flatnonzero(holding)
     by_position_only = seg.SegmentationType != "BINARY" or len(seg.SegmentSequence) == 1
     spacing = None
     if len(included) > 1 and by_position_only:

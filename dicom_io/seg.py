@@ -278,7 +278,7 @@ def build_seg(
     Parameters
     ----------
     labels : highdicom.Volume
-        Unsigned integer label volume on the source images' grid (any k order).
+        Integer label volume (0 and up) on the source images' grid (any k order).
     source_images : sequence of pydicom.Dataset
         Source headers (PixelData not needed): single-frame images of one
         series in any order, or one multi-frame image.
@@ -321,9 +321,7 @@ def build_seg(
         _segment_description(n, info, algorithm, series_uid)
         for n, info in enumerate(present, start=1)
     ]
-    probe_images, probe_frames = probe_sources(source_images)
-    probe = np.zeros((probe_frames, *frames.shape[1:]), np.uint8)
-    probe[:, 0, 0] = 1  # segment 1 in the first pixel of each probe frame
+    probe_images, probe = probe_sources(source_images, frames.shape[1:])
     header = _highdicom_seg(
         probe_images, probe, descriptions, algorithm, kind,
         series_number=series_number,

@@ -27,7 +27,7 @@ precision (``auto``)      bf16 where the CPU   bf16 where supported,
                           has native bf16      else fp16
                           (avx512_bf16, AMX),
                           else fp32
-compile                   off (``segnode serve`` turns it on for warm models)
+compile                   off (``processing.compile`` / ``--compile``)
 image and logit           torch (linear) when the plans name nnU-Net's
 resampling                default skimage resampling
 ========================  ===================  =====================
@@ -96,11 +96,11 @@ class _ModelRunner:
     """One nnU-Net model of a pack, loaded for inference (see the module docstring)."""
 
     def __init__(self, pack: ModelPack, model: NnunetModel, folds: tuple[Fold, ...], *,
-                 device: torch.device, tile_step: float, threads: int, use_mirroring: bool,
+                 device: torch.device, tile_step: float, use_mirroring: bool,
                  precision: Precision, compile_network: bool) -> None:
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-        self.model, self.folds, self._threads = model, folds, threads
+        self.model, self.folds = model, folds
         self._where = f"model '{pack.name}'" + (f" part '{model.id}'" if len(pack.models) > 1
                                                  else "")
         params, meta = self._load_checkpoints()
@@ -219,11 +219,9 @@ class _ModelRunner:
         labels = np.zeros(props["shape_before_cropping"], dtype=label_dtype)
         labels = insert_crop_into_image(labels, cropped, props["bbox_used_for_cropping"])
         labels = np.ascontiguousarray(labels.transpose(pm.transpose_backward))
-        t2 = time.perf_counter()
         streamed = self.predictor.timings
         self.timings = {"preprocess_s": t1 - t0, "predict_s": streamed["network_s"],
-                        "export_s": streamed["export_s"],
-                        "sliding_window_s": t2 - t1}
+                        "export_s": streamed["export_s"]}
         return labels if self._lookup is None else self._lookup[labels]
 
     def describe(self) -> dict[str, Any]:
@@ -356,8 +354,8 @@ class SegmentationEngine:
         on one patch at load time (tens of seconds per fold on a CPU, paid
         once per process); falls back to eager, with a warning, if it fails.
     num_threads : int, optional
-        torch CPU threads, set process-wide (``torch.set_num_threads``) and
-        passed to nnU-Net's export. Default: the CPUs this process may use.
+        torch CPU threads, set process-wide (``torch.set_num_threads``).
+        Default: the CPUs this process may use.
     cuda : CudaProbe, optional
         CUDA availability probe (``torch.cuda``); injected by tests.
 
@@ -391,13 +389,13 @@ class SegmentationEngine:
             on_cuda)
         self._precision = resolve_precision(precision, self._device, cuda=cuda)
         self._threads = int(num_threads or _available_cpus())
-        torch.set_num_threads(self._threads)  # process-wide; preprocessing and export run on CPU
+        torch.set_num_threads(self._threads)  # process-wide
         self.last_timings: dict[str, float] = {}
         started = time.perf_counter()
         self._runners = [
             _ModelRunner(pack, model, self._choose_folds(model, folds, recommended.folds,
                                                          on_cuda),
-                         device=self._device, tile_step=self._tile_step, threads=self._threads,
+                         device=self._device, tile_step=self._tile_step,
                          use_mirroring=use_mirroring, precision=self._precision,
                          compile_network=compile_network)
             for model in pack.models

@@ -174,7 +174,8 @@ def working_bytes(channels: int, patch: Sequence[int], plane_shape: Sequence[int
     plane = int(plane_shape[0]) * int(plane_shape[1])
     export_plane = int(export_plane_shape[0]) * int(export_plane_shape[1])
     window = (channels + 1) * pz * plane * 4
-    # one chunk of divided logits, its in-plane resampling plus the planes kept, the blend
+    # one chunk of divided logits; its in-plane resampling, the planes kept for the
+    # next chunk and the one-plane blend (bounded by 4 chunks of export planes)
     export = channels * (_FINALIZE_PLANES * plane + 4 * _FINALIZE_PLANES * export_plane) * 4
     return window + export
 

@@ -93,10 +93,11 @@ class Worker:
 
     def device_memory(self) -> DeviceMemory | None:
         """Memory of the device the loaded models run on; None before any is loaded."""
-        for pipeline in self._pipelines.values():
-            device = pipeline.engines[0].device
-            return device_memory(device.type, device.index or 0)
-        return None
+        pipeline = next(iter(self._pipelines.values()), None)
+        if pipeline is None:
+            return None
+        device = pipeline.engines[0].device
+        return device_memory(device.type, device.index or 0)
 
     def run_once(self) -> bool:
         """Run the oldest queued job; False when there was none."""

@@ -37,7 +37,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -735,6 +735,20 @@ class Orthanc(_ServerProcess):
             time.sleep(0.1)
         return n
 
+
+
+def poll_until(check: Callable[[], Any], timeout: float, interval: float) -> Any:
+    """Call ``check`` every ``interval`` s until it returns something truthy; that, or None.
+
+    None (or the last falsy value) means ``timeout`` seconds passed; the caller
+    says what it was waiting for.
+    """
+    deadline = time.monotonic() + timeout
+    value = check()
+    while not value and time.monotonic() < deadline:
+        time.sleep(interval)
+        value = check()
+    return value
 
 # ---------------------------------------------------------------------------
 # DCMTK

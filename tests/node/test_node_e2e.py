@@ -40,6 +40,7 @@ from tests.peers import (
     dcmtk_available,
     netns_available,
     orthanc_available,
+    poll_until,
     stop_process,
     storescu,
 )
@@ -162,12 +163,9 @@ def _retry():
 def wait_for(what: str, check: Callable[[], object], node: NodeProcess,
              timeout: float = 180.0) -> object:
     """Poll ``check`` until it returns something truthy; fail with the node's log tail."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
+    value = poll_until(check, timeout, 0.2)
+    if value:
+        return value
     tail = "\n".join(node.log_text().splitlines()[-40:])
     pytest.fail(f"timed out waiting for {what}; node log:\n{tail}")
 
