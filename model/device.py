@@ -17,6 +17,7 @@ from segnode_errors import ConfigError
 
 __all__ = [
     "CudaProbe", "cpu_has_native_bf16", "parse_device", "resolve_device", "resolve_precision",
+    "worker_devices",
 ]
 
 logger = logging.getLogger(__name__)
@@ -109,6 +110,41 @@ def resolve_device(spec: str = "auto", *, cuda: CudaProbe | None = None) -> torc
         )
     logger.info("Device: cuda:%d.", index)
     return torch.device("cuda", index)
+
+
+def worker_devices(specs: str | tuple[str, ...], *,
+                   cuda: CudaProbe | None = None) -> tuple[str, ...]:
+    """The device of each of a node's workers: one worker per entry, ``auto`` one per GPU.
+
+    Parameters
+    ----------
+    specs : str or tuple of str
+        One device string (see :func:`parse_device`) or several. ``auto``
+        alone is one worker per visible CUDA device (``cuda:0``, ``cuda:1``,
+        ...), or one CPU worker when there is none; any other string is one
+        worker on that device. A tuple is one worker per entry (``cpu`` twice
+        is two CPU workers).
+    cuda : CudaProbe, optional
+        Source of truth about CUDA; ``torch.cuda`` when omitted.
+
+    Returns
+    -------
+    tuple of str
+        Resolved device strings (``cpu``, ``cuda:N``), one per worker.
+
+    Raises
+    ------
+    ConfigError
+        As :func:`resolve_device`, for any entry.
+    """
+    entries = (specs,) if isinstance(specs, str) else tuple(specs)
+    if entries == ("auto",):
+        probe = torch.cuda if cuda is None else cuda
+        count = int(probe.device_count()) if probe.is_available() else 0
+        if count:
+            logger.info("Device 'auto': one worker on each of %d CUDA device(s).", count)
+            return tuple(f"cuda:{index}" for index in range(count))
+    return tuple(str(resolve_device(entry, cuda=cuda)) for entry in entries)
 
 
 def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:

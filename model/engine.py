@@ -473,7 +473,8 @@ class SegmentationEngine:
         merged: np.ndarray | None = None
         timings: dict[str, float] = {}
         for runner in self._runners:
-            labels = self._run(runner, prepared).astype(dtype, copy=False)
+            with self._current_device():
+                labels = self._run(runner, prepared).astype(dtype, copy=False)
             if merged is None:
                 merged = labels
             else:
@@ -488,7 +489,14 @@ class SegmentationEngine:
     def warm_up(self) -> None:
         """Move the networks to the device and compile them if asked (else done on first use)."""
         for runner in self._runners:
-            runner.warm_up()
+            with self._current_device():
+                runner.warm_up()
+
+    def _current_device(self) -> contextlib.AbstractContextManager[Any]:
+        """Make this engine's GPU the calling thread's current one (a node has one per worker)."""
+        if self._device.type == "cuda":
+            return torch.cuda.device(self._device)
+        return contextlib.nullcontext()
 
     def _results_device(self, runner: _ModelRunner, prepared: NnunetInput) -> torch.device | None:
         """Where the logit window lives: the device, or the CPU when it would not fit on the GPU."""

@@ -248,7 +248,9 @@ class StorageConfig(_Strict):
 class ProcessingConfig(_Strict):
     """How the worker runs the engine (the rule chooses the model)."""
 
-    device: str = "auto"
+    #: One worker per entry (``[cuda:0, cuda:1]``); ``auto`` is one per visible GPU, else
+    #: one on the CPU.
+    device: str | tuple[str, ...] = "auto"
     folds: tuple[int, ...] | None = None
     tile_step_size: float | None = Field(default=None, gt=0.0, le=1.0)
     #: Autocast dtype of the network (auto: bf16 where native, fp16 on older GPUs, else fp32).
@@ -256,7 +258,16 @@ class ProcessingConfig(_Strict):
     #: Compile each fold's network when the model is loaded (tens of seconds per fold, once).
     compile: bool = False
 
-    _check_device = field_validator("device")(check_device)
+    @field_validator("device")
+    @classmethod
+    def _check_devices(cls, value: str | tuple[str, ...]) -> str | tuple[str, ...]:
+        if isinstance(value, str):
+            return check_device(value)
+        if not value:
+            raise ValueError("must name at least one device")
+        if "auto" in value and len(value) > 1:
+            raise ValueError("auto stands alone: list devices (cpu, cuda:N) instead")
+        return tuple(check_device(entry) for entry in value)
 
 
 def _is_loopback(host: str) -> bool:

@@ -101,17 +101,26 @@ class SqlJobQueue:
         return int(result.inserted_primary_key[0])
 
     def claim(self) -> Job | None:
-        """Take the oldest queued job and mark it running; None when the queue is empty."""
-        with self.catalogue.begin() as db:
-            row = db.execute(sa.select(jobs).where(jobs.c.state == "queued")
-                             .order_by(jobs.c.id).limit(1)).first()
-            if row is None:
-                return None
-            db.execute(jobs.update().where(jobs.c.id == row.id).values(
-                state="running", attempts=row.attempts + 1, started_at=self.catalogue.clock(),
-                finished_at=None, reason=""))
-            claimed = db.execute(sa.select(jobs).where(jobs.c.id == row.id)).one()
-        return _job(claimed)
+        """Take the oldest queued job and mark it running; None when the queue is empty.
+
+        Safe with several workers: the update only takes a row still queued
+        (SQLite's write lock serialises claims; PostgreSQL's row lock with
+        SKIP LOCKED lets a second claimer take the next job), so no job is
+        claimed twice.
+        """
+        while True:
+            with self.catalogue.begin() as db:
+                row = db.execute(sa.select(jobs.c.id, jobs.c.attempts)
+                                 .where(jobs.c.state == "queued").order_by(jobs.c.id).limit(1)
+                                 .with_for_update(skip_locked=True)).first()
+                if row is None:
+                    return None
+                taken = db.execute(jobs.update().where(
+                    jobs.c.id == row.id, jobs.c.state == "queued"
+                ).values(state="running", attempts=row.attempts + 1,
+                         started_at=self.catalogue.clock(), finished_at=None, reason=""))
+                if taken.rowcount == 1:
+                    return _job(db.execute(sa.select(jobs).where(jobs.c.id == row.id)).one())
 
     def set_output_dir(self, job_id: int, output_dir: str) -> None:
         """Record where a job writes its outputs."""

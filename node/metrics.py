@@ -51,18 +51,24 @@ class _StateCollector(Collector):
             yield family
         yield GaugeMetricFamily("segnode_disk_free_bytes", "Free space in the spool",
                                 value=state.get("disk_free_bytes", 0))
-        memory = state.get("device_memory")
-        if memory:
-            used = GaugeMetricFamily("segnode_device_memory_used_bytes",
-                                     "Memory held on the inference device (CUDA: reserved by "
-                                     "torch; CPU: resident set of the node)", labels=["device"])
+        memories = state.get("device_memory", [])
+        used = GaugeMetricFamily("segnode_device_memory_used_bytes",
+                                 "Memory held on each inference device (CUDA: reserved by "
+                                 "torch; CPU: resident set of the node)", labels=["device"])
+        total = GaugeMetricFamily("segnode_device_memory_total_bytes",
+                                  "Memory of each inference device (CUDA)", labels=["device"])
+        for memory in memories:
             used.add_metric([memory["device"]], memory["used_bytes"])
-            yield used
             if memory["total_bytes"]:
-                total = GaugeMetricFamily("segnode_device_memory_total_bytes",
-                                          "Memory of the inference device", labels=["device"])
                 total.add_metric([memory["device"]], memory["total_bytes"])
-                yield total
+        yield used
+        yield total
+        busy = GaugeMetricFamily("segnode_worker_busy", "1 while a worker runs a job",
+                                 labels=["worker", "device"])
+        for worker in state.get("workers", []):
+            busy.add_metric([worker["worker"], worker["device"]],
+                            0 if worker["job"] is None else 1)
+        yield busy
 
 
 class NodeMetrics:

@@ -104,16 +104,17 @@ def status(args: argparse.Namespace) -> int:
            f"heartbeat {_when(heartbeat)})")
     _write(f"listener:  {listener}")
     _write(f"device:    {state.get('device', '-')}")
-    _write(f"memory:    {state.get('device_memory') or '-'}")
     counts = queue.counts()
     _write("jobs:      " + ", ".join(f"{n} {s}" for s, n in counts.items()))
     _write("outbox:    " + ", ".join(f"{n} {s}" for s, n in box.counts().items()))
     _write("series:    " + (", ".join(f"{n} {s}" for s, n in
                                      sorted(catalogue.series_counts().items())) or "none"))
-    running = state.get("running_job", "") if up else ""
-    job = queue.get(int(running)) if running.isdigit() else None
-    _write(f"running:   job {job.id}, series {job.series_uid} since {_when(job.started_at)}"
-           if job else "running:   nothing")
+    workers = json.loads(state.get("workers") or "[]") if up else []
+    for worker in workers:
+        _write(f"worker {worker['worker']}:  {worker['memory'] or worker['device']}; "
+               + _running_line(queue, worker["job"]))
+    if not workers:
+        _write("workers:   none running")
     last = next(iter(queue.list("done", limit=1)), None)
     _write(f"last job:  {_stage_line(last)}" if last else "last job:  none done yet")
     free = free_disk_mb(config.storage.spool_dir)
@@ -125,6 +126,14 @@ def status(args: argparse.Namespace) -> int:
         _write(f"  {line}")
     catalogue.close()
     return 0 if up else 1
+
+
+def _running_line(queue: SqlJobQueue, job_id: int | None) -> str:
+    """``running job 4, series 1.2.3 since 10:00:01`` or ``idle``."""
+    job = queue.get(job_id) if job_id is not None else None
+    if job is None:
+        return "idle"
+    return f"running job {job.id}, series {job.series_uid} since {_when(job.started_at)}"
 
 
 def _stage_line(job: Job) -> str:

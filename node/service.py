@@ -1,26 +1,29 @@
 """``segnode serve``: the listener, assembler, worker and dispatcher in one process.
 
 Start-up order: open the catalogue, queue again the jobs a crash left
-running, load the first rule's model (the device is decided here, once, and
-shown in ``segnode status``), then start the listener and the loops. Each
-loop runs in its own thread and looks for work every
-``timing.poll_interval_s``, and at once when the loop before it in the chain
-did some (a job queued wakes the worker, a job finished wakes the
-dispatcher); a failure inside one round is logged and the loop goes on.
+running, decide the devices (one worker per entry of ``processing.device``;
+``auto`` is one per visible GPU), load the first rule's model on each worker,
+then start the listener and the loops. Each loop runs in its own thread and
+looks for work every ``timing.poll_interval_s``, and at once when the loop
+before it in the chain did some (a job queued wakes every worker, a job
+finished wakes the dispatcher); a failure inside one round is logged and the
+loop goes on. Workers claim jobs from the one queue, so each job runs once.
 SIGTERM or SIGINT stops the node; whatever was running is picked up again at
 the next start.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from model.device import worker_devices
 from model.store import ModelStore
 from node.assembler import Assembler
 from node.catalogue import Catalogue
@@ -62,7 +65,11 @@ class Node:
         self.metrics = NodeMetrics(self._gauges)
         self.listener = Listener(self.config, receiver, on_closed=self._association_closed)
         self.assembler = Assembler(self.config, self.catalogue, self.queue, self.metrics)
-        self.worker = Worker(self.config, self.catalogue, self.queue, self.outbox, self.metrics)
+        self.workers = [
+            Worker(self.config, self.catalogue, self.queue, self.outbox, self.metrics,
+                   device=device, name=str(number))
+            for number, device in enumerate(worker_devices(self.config.processing.device), 1)
+        ]
         self.dispatcher = Dispatcher(self.config, self.outbox, self.metrics)
         self.web: WebServer | None = None
         self._started_at = time.time()
@@ -71,7 +78,7 @@ class Node:
         self._wakes: list[threading.Event] = []
 
     def start(self) -> None:
-        """Recover, load the first model, start listening and the loops."""
+        """Recover, load the first model on every worker, start listening and the loops."""
         store = ModelStore(self.config.storage.models_dir)
         for rule in self.config.rules:
             for name in rule.model or (None,):
@@ -80,27 +87,28 @@ class Node:
         if requeued:
             logger.warning("jobs %s were interrupted and are queued again",
                            ", ".join(map(str, requeued)))
-        device = "none (no rules)"
         if self.config.rules:
             first = self.config.rules[0]
-            device = self.worker.pipeline(self.worker.settings_for(
-                first.model, first.seg_type, first.reports)).device
+            for worker in self.workers:
+                worker.pipeline(worker.settings_for(first.model, first.seg_type, first.reports))
+        device = ", ".join(worker.status()["device"] for worker in self.workers)
         self.listener.start()
         if self.config.web.enabled:
             self.web = WebServer(self._web_app(), self.config.web.host, self.config.web.port)
             self.web.start()
         self.catalogue.set_state(pid=str(os.getpid()), started_at=f"{time.time():.3f}",
                                  listener=self.listener.describe(), device=device,
-                                 heartbeat_at=f"{time.time():.3f}", running_job="")
+                                 heartbeat_at=f"{time.time():.3f}", workers=self._workers_state())
         interval = self.config.timing.poll_interval_s
         dispatcher = self._loop("dispatcher", self.dispatcher.run_once, interval)
-        worker = self._loop("worker", self.worker.run_once, interval, then=dispatcher)
-        self._loop("assembler", self.assembler.run_once, interval, then=worker)
+        workers = [self._loop(f"worker-{worker.name}", worker.run_once, interval,
+                              then=[dispatcher]) for worker in self.workers]
+        self._loop("assembler", self.assembler.run_once, interval, then=workers)
         self._loop("retention", self.retention.run_once, _RETENTION_INTERVAL_S)
         self._loop("heartbeat", self._heartbeat, interval)
-        logger.info("segnode node up: %s, device %s, %d rule(s), %d destination(s)",
-                    self.listener.describe(), device, len(self.config.rules),
-                    len(self.config.destinations))
+        logger.info("segnode node up: %s, %d worker(s) on %s, %d rule(s), %d destination(s)",
+                    self.listener.describe(), len(self.workers), device,
+                    len(self.config.rules), len(self.config.destinations))
 
     def _association_closed(self, record: AssociationRecord, seconds: float) -> None:
         self.catalogue.record_association(
@@ -117,9 +125,13 @@ class Node:
             "series": self.catalogue.series_counts(),
             "disk_free_bytes": free_disk_mb(self.config.storage.spool_dir) * 2**20,
         }
-        memory = self.worker.device_memory()
-        if memory is not None:
-            gauges["device_memory"] = memory
+        memories = {}
+        for worker in self.workers:
+            memory = worker.device_memory()
+            if memory is not None:  # two workers on one device share its memory
+                memories[memory["device"]] = memory
+        gauges["device_memory"] = list(memories.values())
+        gauges["workers"] = [worker.status() for worker in self.workers]
         return gauges
 
     def readiness(self) -> dict[str, bool]:
@@ -133,7 +145,7 @@ class Node:
         return {
             "listener_accepting": self.listener.accepting,
             "database_writable": writable,
-            "model_loaded": self.worker.model_loaded or not self.config.rules,
+            "model_loaded": all(w.model_loaded for w in self.workers) or not self.config.rules,
             "disk_above_threshold": free >= self.config.storage.min_free_disk_mb,
         }
 
@@ -146,20 +158,20 @@ class Node:
         return create_app(ctx, self.metrics, readiness=self.readiness,
                           models=lambda: [pack.info() for pack in store.list()])
 
+    def _workers_state(self) -> str:
+        return json.dumps([worker.status() for worker in self.workers])
+
     def _heartbeat(self) -> bool:
-        running = self.worker.current_job
-        memory = self.worker.device_memory()
         self.catalogue.set_state(heartbeat_at=f"{time.time():.3f}",
-                                 running_job="" if running is None else str(running),
-                                 device_memory=memory.describe() if memory else "")
+                                 workers=self._workers_state())
         return False
 
     def _loop(self, name: str, work: Callable[[], object], interval: float,
-              then: threading.Event | None = None) -> threading.Event:
+              then: Sequence[threading.Event] = ()) -> threading.Event:
         """Run ``work`` in a thread until stopped; returns the event that wakes it early.
 
         After a round that did something the loop goes again at once and sets
-        ``then`` (the next loop's wake event); after an idle round it waits
+        ``then`` (the next loops' wake events); after an idle round it waits
         ``interval`` or until woken.
         """
         wake = threading.Event()
@@ -173,8 +185,9 @@ class Node:
                 except Exception:  # noqa: BLE001 - a loop never dies of one bad round
                     logger.exception("%s: round failed", name)
                     busy = False
-                if busy and then is not None:
-                    then.set()
+                if busy:
+                    for event in then:
+                        event.set()
                 if not busy:
                     wake.wait(interval)
 
@@ -194,7 +207,7 @@ class Node:
         deadline = time.monotonic() + timeout_s
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
-        self.catalogue.set_state(pid="", running_job="")
+        self.catalogue.set_state(pid="", workers="[]")
         self.catalogue.close()
 
     def serve_forever(self) -> None:

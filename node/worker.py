@@ -1,9 +1,10 @@
-"""The worker: runs queued jobs through the same pipeline as ``segnode segment``.
+"""A worker: runs queued jobs through the same pipeline as ``segnode segment``.
 
-Each job reads its series from the spool, segments it with the rule's model
-(loaded once per model and kept), writes the outputs under
-``storage.output_dir/job-<id>/<key>/`` and queues every SEG and SR for each
-of the rule's destinations in the outbox.
+A node has one worker per device (``processing.device``), each with its own
+warm models, claiming jobs from the shared queue. Each job reads its series
+from the spool, segments it with the rule's model (loaded once per model and
+kept), writes the outputs under ``storage.output_dir/job-<id>/<key>/`` and
+queues every SEG and SR for each of the rule's destinations in the outbox.
 """
 
 from __future__ import annotations
@@ -33,18 +34,25 @@ logger = logging.getLogger(__name__)
 
 
 class Worker:
-    """Claims jobs one at a time and runs them.
+    """Claims jobs one at a time and runs them on one device.
 
     Parameters
     ----------
     config
-        Processing settings (device, folds, tile step), storage paths.
+        Processing settings (folds, tile step, precision), storage paths.
     catalogue, queue, outbox
         Where series files are found, jobs come from and deliveries go.
+    device
+        Where this worker's networks run (``cpu``, ``cuda:1``).
+    name
+        How status, logs and metrics tell this worker from the others.
     """
 
     def __init__(self, config: NodeConfig, catalogue: Catalogue, queue: SqlJobQueue,
-                 outbox: Outbox, metrics: NodeMetrics | None = None) -> None:
+                 outbox: Outbox, metrics: NodeMetrics | None = None, *,
+                 device: str, name: str = "1") -> None:
+        self.device = device
+        self.name = name
         self.config = config
         self.metrics = metrics
         self.catalogue = catalogue
@@ -57,11 +65,11 @@ class Worker:
 
     def settings_for(self, models: tuple[str, ...], seg_type: str,
                      reports: tuple[str, ...] = ()) -> RunSettings:
-        """The run settings of a rule's packs and reports on this node's device."""
+        """The run settings of a rule's packs and reports on this worker's device."""
         processing = self.config.processing
         return RunSettings.build(
             models=models, reports=reports, disclaimer=self.config.reports.disclaimer,
-            models_dir=self.config.storage.models_dir, device=processing.device,
+            models_dir=self.config.storage.models_dir, device=self.device,
             seg_type=seg_type, folds=processing.folds, tile_step_size=processing.tile_step_size,
             precision=processing.precision, compile=processing.compile,
             stations=self.config.stations,
@@ -76,7 +84,7 @@ class Worker:
                 for engine in loaded.engines:
                     self.metrics.model_load_seconds.labels(engine.pack.name).set(
                         engine.describe()["load_s"])
-            logger.info("model(s) %s loaded (%s)", ", ".join(
+            logger.info("worker %s: model(s) %s loaded (%s)", self.name, ", ".join(
                 f"{p.name} {p.version}" for p in loaded.packs), loaded.device)
         return self._pipelines[settings]
 
@@ -98,6 +106,14 @@ class Worker:
             return None
         device = pipeline.engines[0].device
         return device_memory(device.type, device.index or 0)
+
+    def status(self) -> dict[str, Any]:
+        """``{"worker", "device", "job", "memory"}``: what ``segnode status`` shows of it."""
+        pipeline = next(iter(self._pipelines.values()), None)
+        memory = self.device_memory()
+        return {"worker": self.name,
+                "device": pipeline.device if pipeline is not None else self.device,
+                "job": self.current_job, "memory": memory.describe() if memory else ""}
 
     def run_once(self) -> bool:
         """Run the oldest queued job; False when there was none."""
@@ -125,8 +141,8 @@ class Worker:
 
     def run(self, job: Job) -> None:
         """Run one claimed job to done or failed; never raises."""
-        logger.info("job %d: %d series from %s, rule %s (attempt %d)", job.id,
-                    len(job.series_uids), job.series_uid, job.rule, job.attempts,
+        logger.info("job %d: %d series from %s, rule %s (attempt %d), worker %s", job.id,
+                    len(job.series_uids), job.series_uid, job.rule, job.attempts, self.name,
                     extra={"job_id": job.id})
         out_root = Path(self.config.storage.output_dir) / f"job-{job.id}"
         self.queue.set_output_dir(job.id, str(out_root))
@@ -169,6 +185,7 @@ class Worker:
                         for r in results],
             "outputs": [str(p) for p in outputs],
             "timings": self.last_timings,
+            "worker": self.name, "device": self.status()["device"],
         }
         problems = "; ".join(f"{r.key}: {r.reason}" for r in results if r.status == "failed")
         if produced or not problems:

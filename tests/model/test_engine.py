@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from model._nnunet import labels_from_nnunet, validate_orientation, volume_to_nnunet
-from model.device import parse_device, resolve_device
+from model.device import parse_device, resolve_device, worker_devices
 from model.engine import SegmentationEngine
 from model.packs import load_pack
 from segnode_errors import ConfigError, InputRejected, ModelError
@@ -170,6 +170,17 @@ def test_resolve_device_with_fake_gpu(caplog: pytest.LogCaptureFixture) -> None:
         resolve_device("cuda:2", cuda=FakeCuda(True, 2))
     with pytest.raises(ConfigError, match="not available"):
         resolve_device("cuda", cuda=FakeCuda(False))
+
+
+def test_worker_devices_one_worker_per_gpu_or_per_entry() -> None:
+    assert worker_devices("auto", cuda=FakeCuda(True, 3)) == ("cuda:0", "cuda:1", "cuda:2")
+    assert worker_devices(("auto",), cuda=FakeCuda(True, 2)) == ("cuda:0", "cuda:1")
+    assert worker_devices("auto", cuda=FakeCuda(False)) == ("cpu",)
+    assert worker_devices("cuda", cuda=FakeCuda(True, 2)) == ("cuda:0",)  # one named device
+    assert worker_devices(("cpu", "cpu"), cuda=FakeCuda(True, 2)) == ("cpu", "cpu")
+    assert worker_devices(("gpu:1", "cuda:0"), cuda=FakeCuda(True, 2)) == ("cuda:1", "cuda:0")
+    with pytest.raises(ConfigError, match="'cuda:2' - only 2 CUDA"):
+        worker_devices(("cuda:0", "cuda:2"), cuda=FakeCuda(True, 2))
 
 
 def test_engine_rejects_bad_device(tiny_model_dir: Path) -> None:

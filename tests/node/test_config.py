@@ -152,6 +152,12 @@ BAD_VALUES = {
                             "rules.0.destinations", "nowhere"),
     "duplicate destination": (_duplicate_destination, "destinations", "duplicate name(s) pacs"),
     "device gpu": (_set("processing", "device", value="gpu"), "processing.device", "'gpu'"),
+    "device list with tpu": (_set("processing", "device", value=["cpu", "tpu"]),
+                             "processing.device", "'tpu'"),
+    "empty device list": (_set("processing", "device", value=[]), "processing.device",
+                          "at least one device"),
+    "auto in a device list": (_set("processing", "device", value=["auto", "cuda:1"]),
+                              "processing.device", "auto stands alone"),
     "pack named twice": (_set("rules", 0, "model", value=["mrsegmentator", "mrsegmentator"]),
                          "rules.0.model", "more than once: mrsegmentator"),
     "blank pack name": (_set("rules", 0, "model", value=["mrsegmentator", " "]),
@@ -168,6 +174,14 @@ def test_a_rule_names_one_pack_or_several(tmp_path: Path) -> None:
         "mrsegmentator", "mrsegmentator-bodycomp")
     raw["rules"][0]["model"] = None
     assert load_config(write_config(tmp_path, raw)).rules[0].model == ()
+
+
+def test_device_is_one_or_a_list_of_one_per_worker(tmp_path: Path) -> None:
+    raw = shipped_raw()
+    raw["processing"]["device"] = ["cuda:0", "cuda:1"]
+    assert load_config(write_config(tmp_path, raw)).processing.device == ("cuda:0", "cuda:1")
+    raw["processing"]["device"] = "cpu"
+    assert load_config(write_config(tmp_path, raw)).processing.device == "cpu"
 
 
 @pytest.mark.parametrize("change, key_path, detail", BAD_VALUES.values(), ids=BAD_VALUES.keys())

@@ -267,7 +267,8 @@ def test_storescu_series_comes_back_as_seg_and_sr_at_orthanc(setup: Setup) -> No
     status = setup.node.cli("status")
     assert status.returncode == 0, status.stdout + status.stderr
     assert "node:      up" in status.stdout and "device:    cpu" in status.stdout
-    assert re.search(r"memory:    cpu \d+\.\d GiB resident", status.stdout), status.stdout
+    assert re.search(r"worker 1:  cpu \d+\.\d GiB resident \(process\); idle",
+                     status.stdout), status.stdout
     assert re.search(r"last job:  job \d+ .*segment \d+\.\d s \(preprocess [\d.]+ s, "
                      r"network [\d.]+ s, export [\d.]+ s", status.stdout), status.stdout
     timings = jobs and setup.node.queue.get(jobs[0].id).result["timings"]

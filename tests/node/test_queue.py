@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -106,3 +108,32 @@ def test_enqueue_joins_the_callers_transaction(queue: SqlJobQueue) -> None:
         queue.enqueue("1.1", rule="mr", model=None, seg_type="binary", destinations=(), db=db)
         raise RuntimeError("crash before commit")
     assert queue.list() == [] and queue.claim() is None
+
+
+def test_concurrent_claimers_never_take_the_same_job(tmp_path: Path, clock: FakeClock) -> None:
+    """Workers in threads, each with its own connection pool, drain one queue between them."""
+    first = new_catalogue(tmp_path, clock)
+    ids = {_enqueue(SqlJobQueue(first), f"1.{n}", clock) for n in range(60)}
+    claimed: list[list[int]] = [[] for _ in range(4)]
+    start = threading.Barrier(len(claimed))
+
+    def drain(mine: list[int]) -> None:
+        catalogue = Catalogue(first.url, clock=clock)
+        queue = SqlJobQueue(catalogue)
+        start.wait()
+        while (job := queue.claim()) is not None:
+            mine.append(job.id)
+            time.sleep(0.005)  # the job's work: the other claimers go meanwhile
+        catalogue.close()
+
+    threads = [threading.Thread(target=drain, args=(mine,)) for mine in claimed]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    taken = [job_id for mine in claimed for job_id in mine]
+    assert sorted(taken) == sorted(ids)  # every job once, none twice
+    assert sum(bool(mine) for mine in claimed) >= 2  # the claims really interleaved
+    queue = SqlJobQueue(first)
+    assert {job.attempts for job in queue.list(limit=100)} == {1}
+    first.close()

@@ -32,7 +32,7 @@ def test_busy_round_wakes_the_next_loop_and_idle_one_waits(tmp_path: Path) -> No
 
     try:
         wake_second = node._loop("second", second, interval=30.0)
-        wake_first = node._loop("first", first, interval=30.0, then=wake_second)
+        wake_first = node._loop("first", first, interval=30.0, then=[wake_second])
         deadline = time.monotonic() + 5
         while len(rounds["second"]) < 1 and time.monotonic() < deadline:
             time.sleep(0.01)

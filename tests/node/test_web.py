@@ -73,7 +73,9 @@ class Site:
         self.delivery = delivery.id
         self.metrics = NodeMetrics(lambda: {
             "jobs": self.queue.counts(), "outbox": {}, "series": {}, "disk_free_bytes": 123,
-            "device_memory": device_memory("cpu")})
+            "device_memory": [device_memory("cpu")],
+            "workers": [{"worker": "1", "device": "cpu", "job": self.done, "memory": ""},
+                        {"worker": "2", "device": "cpu", "job": None, "memory": ""}]})
         ctx = WebContext(self.config, self.catalogue, self.queue, self.outbox, time.time())
         self.client = TestClient(create_app(
             ctx, self.metrics, readiness=lambda: {"listener_accepting": True,
@@ -195,6 +197,8 @@ def test_metrics_health_and_readiness(site: Site) -> None:
     assert "segnode_disk_free_bytes 123.0" in text
     resident = re.search(r'segnode_device_memory_used_bytes\{device="cpu"\} ([\d.e+]+)', text)
     assert resident and float(resident.group(1)) > 50e6  # this test process, torch not needed
+    assert 'segnode_worker_busy{device="cpu",worker="1"} 1.0' in text
+    assert 'segnode_worker_busy{device="cpu",worker="2"} 0.0' in text
     assert site.client.get("/healthz").json() == {"status": "alive"}
     ready = site.client.get("/readyz")
     assert ready.status_code == 503 and ready.json()["checks"]["model_loaded"] is False
