@@ -64,7 +64,7 @@ RUN sed -i \
         -e 's|^  quarantine_dir: .*|  quarantine_dir: /var/lib/segnode/quarantine|' \
         -e 's|^  output_dir: .*|  output_dir: /var/lib/segnode/outputs|' \
         -e 's|^  models_dir: .*|  models_dir: /opt/segnode-models|' \
-        -e 's|^  database_url: null .*|  database_url: sqlite:////var/lib/segnode/segnode.db|' \
+        -e 's|^  url: null .*# catalogue.*|  url: sqlite:////var/lib/segnode/segnode.db  # catalogue|' \
         /etc/segnode/config.yaml \
     && segnode config check /etc/segnode/config.yaml
 

@@ -76,8 +76,8 @@ def _config(root: Path, port: int, orthanc: Orthanc, quiet_s: float) -> Path:
                    "poll_interval_s": 0.2},
         "storage": {"min_free_disk_mb": 0, "spool_dir": str(root / "var" / "spool"),
                     "output_dir": str(root / "var" / "out"),
-                    "quarantine_dir": str(root / "var" / "quarantine"),
-                    "database_url": f"sqlite:///{root / 'var' / 'segnode.db'}"},
+                    "quarantine_dir": str(root / "var" / "quarantine")},
+        "database": {"url": f"sqlite:///{root / 'var' / 'segnode.db'}"},
         "processing": {"device": "cpu"},
         "web": {"enabled": False},
     }

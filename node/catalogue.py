@@ -1,9 +1,12 @@
 """The node's catalogue: every instance, series, job, delivery and quarantined file.
 
 One module reaches the database, through SQLAlchemy Core, so that PostgreSQL
-can replace the embedded SQLite by configuration (``storage.database_url``).
-SQLite runs in WAL mode with ``synchronous=FULL``: a row committed here is on
-disk before the C-STORE success status leaves the node.
+can replace the embedded SQLite by configuration (``database.url``); the
+schema is kept by Alembic migrations (:mod:`node.schema`) on both. SQLite
+runs in WAL mode with ``synchronous=FULL``: a row committed here is on disk
+before the C-STORE success status leaves the node. Write transactions take
+turns on both backends (SQLite's write lock; on PostgreSQL a transaction
+advisory lock), so the read-then-write steps here need no retry logic.
 
 Tables
 ------
@@ -29,6 +32,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from node import schema
+
 __all__ = [
     "Catalogue",
     "InstanceRecord",
@@ -48,7 +53,7 @@ instances = sa.Table(
     sa.Column("path", sa.Text, nullable=False),
     sa.Column("size_bytes", sa.Integer, nullable=False),
     sa.Column("sha256", sa.String(64), nullable=False),
-    sa.Column("received_at", sa.Float, nullable=False),
+    sa.Column("received_at", sa.Float, nullable=False, index=True),
     sa.Column("calling_ae", sa.String(16), nullable=False),
 )
 
@@ -89,6 +94,14 @@ jobs = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("started_at", sa.Float, nullable=True),
     sa.Column("finished_at", sa.Float, nullable=True),
+    #: Higher runs first (rules: urgent 2, normal 1, batch 0).
+    sa.Column("priority", sa.Integer, nullable=False, server_default="1"),
+    #: The worker running it and until when its lease holds (renewed while it runs).
+    sa.Column("lease_owner", sa.String(128), nullable=False, server_default=""),
+    sa.Column("lease_until", sa.Float, nullable=True),
+    #: When it was last handed to the broker (queue.backend celery); null: not yet.
+    sa.Column("published_at", sa.Float, nullable=True),
+    sa.Index("ix_jobs_claim", "state", "priority", "id"),
 )
 
 outbox = sa.Table(
@@ -141,6 +154,9 @@ RECEIVING = "receiving"
 WAITING = "waiting"
 COMPLETE = "complete"
 
+
+#: Writers on PostgreSQL take turns on this transaction advisory lock, as on SQLite's.
+_PG_WRITE_LOCK = sa.text("SELECT pg_advisory_xact_lock(5060001)")
 
 # The statements of record_instance, built once (it runs for every instance received).
 _INSTANCE_BY_UID = sa.select(instances.c.path, instances.c.sha256).where(
@@ -232,21 +248,29 @@ class Catalogue:
     ----------
     url
         SQLAlchemy URL, e.g. ``sqlite:////var/lib/segnode/segnode.db`` or
-        ``postgresql+psycopg://...``. The schema is created when missing.
+        ``postgresql://user:password@host/db`` (driver psycopg 3). The schema
+        is created or migrated to this version's when opened.
     clock
         Returns the current time in seconds (injected so tests can move it).
     """
 
     def __init__(self, url: str, *, clock: Any = time.time) -> None:
+        if url.startswith("postgresql://"):
+            url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
         self.url = url
         self.clock = clock
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        self.engine: Engine = sa.create_engine(url, future=True)
+        self.engine: Engine = sa.create_engine(url, future=True, pool_pre_ping=True)
         if self.engine.dialect.name == "sqlite":
             sa.event.listen(self.engine, "connect", _sqlite_connect)
             sa.event.listen(self.engine, "begin", _sqlite_begin)
-        metadata.create_all(self.engine)
+        schema.upgrade(self.engine)
+
+    @property
+    def shared(self) -> bool:
+        """True when other processes or servers may use this catalogue (PostgreSQL)."""
+        return self.engine.dialect.name != "sqlite"
 
     @contextmanager
     def begin(self) -> Iterator[Connection]:
@@ -254,6 +278,8 @@ class Catalogue:
         with self.engine.connect() as connection:
             connection.execution_options(segnode_write=True)
             with connection.begin():
+                if connection.dialect.name == "postgresql":
+                    connection.execute(_PG_WRITE_LOCK)
                 yield connection
 
     def close(self) -> None:

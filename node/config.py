@@ -238,11 +238,53 @@ class StorageConfig(_Strict):
     quarantine_dir: Path = Path("var/quarantine")
     output_dir: Path = Path("var/outputs")
     models_dir: Path = Field(default_factory=default_models_dir)
-    #: SQLAlchemy URL of the catalogue; ``null`` is SQLite at ``var/segnode.db``.
-    database_url: str | None = None
     min_free_disk_mb: int = Field(default=1024, ge=0)
     #: Days to keep a series' spool files and outputs after all deliveries succeeded.
     retention_days: float = Field(default=7.0, ge=0)
+
+
+_DATABASE_URL = re.compile(r"^(sqlite:///.+|postgresql(\+psycopg)?://.+)$")
+
+
+class DatabaseConfig(_Strict):
+    """The catalogue: SQLite in one process, PostgreSQL when several processes or servers share it."""
+
+    #: ``sqlite:///PATH`` or ``postgresql://user:password@host:port/db``; null is SQLite at
+    #: ``var/segnode.db``.
+    url: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is not None and not _DATABASE_URL.match(value):
+            raise ValueError("must be sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DB")
+        return value
+
+
+class QueueConfig(_Strict):
+    """How jobs reach workers: the catalogue itself, or Celery over Redis or RabbitMQ."""
+
+    #: ``embedded``: workers claim from the catalogue's jobs table (one process, or several
+    #: sharing PostgreSQL); ``celery``: each job is also a Celery task on ``broker_url``.
+    backend: Literal["embedded", "celery"] = "embedded"
+    #: ``redis://host:6379/0`` or ``amqp://user:password@host:5672//`` (backend celery).
+    broker_url: str | None = None
+    #: A running job's lease: its worker renews it every third of this; a job whose lease
+    #: ran out (its worker died) is queued again for another worker.
+    lease_s: float = Field(default=60.0, ge=5, le=3600)
+    #: A queued job not taken by any worker this long after it was published is
+    #: published again (a broker restarted without its messages loses nothing).
+    republish_after_s: float = Field(default=300.0, ge=5)
+
+    @model_validator(mode="after")
+    def _broker_for_celery(self) -> QueueConfig:
+        if self.backend == "celery":
+            if not self.broker_url:
+                raise ValueError("queue.broker_url: required when queue.backend is celery")
+            if not re.match(r"^(redis|rediss|amqp|amqps)://", self.broker_url):
+                raise ValueError(f"queue.broker_url: {self.broker_url.split('@')[-1]!r} is not a "
+                                 "redis:// or amqp:// URL")
+        return self
 
 
 class ProcessingConfig(_Strict):
@@ -322,6 +364,8 @@ class NodeConfig(_Strict):
     rules: tuple[RuleConfig, ...] = ()
     timing: TimingConfig = Field(default_factory=TimingConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
+    database: DatabaseConfig = Field(default_factory=DatabaseConfig)
+    queue: QueueConfig = Field(default_factory=QueueConfig)
     processing: ProcessingConfig = Field(default_factory=ProcessingConfig)
     stations: StationSettings = Field(default_factory=StationSettings)
     web: WebConfig = Field(default_factory=WebConfig)
@@ -360,9 +404,9 @@ class NodeConfig(_Strict):
 
     @property
     def database_url(self) -> str:
-        """The catalogue URL (``storage.database_url``, SQLite next to the spool if unset)."""
-        if self.storage.database_url:
-            return self.storage.database_url
+        """The catalogue URL (``database.url``, SQLite next to the spool if unset)."""
+        if self.database.url:
+            return self.database.url
         return f"sqlite:///{self.storage.spool_dir.parent / 'segnode.db'}"
 
 
@@ -391,8 +435,9 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
     if isinstance(storage, dict):
         for key, default in _STORAGE_DEFAULTS.items():
             storage.setdefault(key, default)
-        if not storage.get("database_url"):
-            storage["database_url"] = f"sqlite:///{base / 'var' / 'segnode.db'}"
+    database = raw.setdefault("database", {}) if raw.get("database") is None else raw["database"]
+    if isinstance(database, dict) and not database.get("url"):
+        database["url"] = f"sqlite:///{base / 'var' / 'segnode.db'}"
     fix(storage, (*_STORAGE_DEFAULTS, "models_dir"))
     node = raw.get("node")
     if isinstance(node, dict):

@@ -29,7 +29,7 @@ from node.spool import free_disk_mb
 __all__ = ["WebContext", "job_detail", "job_summary", "overview", "redacted_config",
            "volumes_export"]
 
-_SECRET_KEYS = {"token", "private_key", "database_url"}
+_SECRET_KEYS = {"token", "private_key", "url", "broker_url"}
 
 
 @dataclass

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import pytest
 
 from dicom_io.phantom_series import write_series
 from model.phantom import Phantom, make_grid
+from tests.servers import PostgreSQL, postgresql_available
 
 REPO = Path(__file__).resolve().parents[2]
 SEGNODE = [sys.executable, "-m", "node.cli"]
@@ -126,3 +129,28 @@ def clock():
     from tests.node.fakes import FakeClock
 
     return FakeClock()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgreSQL]:
+    """One throwaway PostgreSQL cluster for the session (skips when there is none)."""
+    reason = postgresql_available()
+    if reason is not None:
+        pytest.skip(reason)
+    server = PostgreSQL().start()
+    yield server
+    server.close()
+
+
+_DATABASES = itertools.count(1)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty catalogue URL on each backend: a SQLite file, a PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/c.db"
+    server: PostgreSQL = request.getfixturevalue("postgres_server")
+    name = f"test_{next(_DATABASES)}"
+    server.psql(f"CREATE DATABASE {name}", database="postgres")
+    return server.socket_url.replace("/segnode?", f"/{name}?")

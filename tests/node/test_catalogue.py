@@ -22,8 +22,8 @@ MR_ATTRS = {"modality": "MR", "description": "t1_vibe", "body_part": "ABDOMEN",
 
 
 @pytest.fixture()
-def catalogue(tmp_path: Path, clock: FakeClock) -> Iterator[Catalogue]:
-    cat = new_catalogue(tmp_path, clock)
+def catalogue(database_url: str, clock: FakeClock) -> Iterator[Catalogue]:
+    cat = Catalogue(database_url, clock=clock)
     yield cat
     cat.close()
 

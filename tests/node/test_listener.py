@@ -45,13 +45,13 @@ class RunningListener:
     def __init__(self, root: Path, overrides: dict[str, Any],
                  disk_free_mb: Callable[[], float] | None = None) -> None:
         storage = {"spool_dir": root / "spool", "quarantine_dir": root / "quarantine",
-                   "output_dir": root / "out", "database_url": f"sqlite:///{root}/c.db",
-                   "min_free_disk_mb": 0}
+                   "output_dir": root / "out", "min_free_disk_mb": 0}
         storage.update(overrides.pop("storage", {}))
         settings: dict[str, Any] = {
             "node": {"ae_title": "SEGNODE", "port": free_local_port()},
             "callers": [{"ae_title": CALLER, "addresses": ["127.0.0.1"]}],
             "storage": storage,
+            "database": {"url": f"sqlite:///{root}/c.db"},
         }
         settings.update(overrides)
         self.config = NodeConfig(**settings)

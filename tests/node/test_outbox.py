@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from node.catalogue import Catalogue
 from node.config import RetryConfig
 from node.outbox import Delivery, Outbox
-from tests.node.fakes import FakeClock, new_catalogue
+from tests.node.fakes import FakeClock
 
 RETRY = RetryConfig(initial_delay_s=10, backoff_factor=3, max_delay_s=100, max_age_s=1000)
 SEG = Path("/out/job-1/1.2.3/seg.dcm")
@@ -17,8 +18,8 @@ SR = Path("/out/job-1/1.2.3/sr.dcm")
 
 
 @pytest.fixture()
-def box(tmp_path: Path, clock: FakeClock) -> Iterator[Outbox]:
-    catalogue = new_catalogue(tmp_path, clock)
+def box(database_url: str, clock: FakeClock) -> Iterator[Outbox]:
+    catalogue = Catalogue(database_url, clock=clock)
     yield Outbox(catalogue, RETRY)
     catalogue.close()
 

@@ -5,18 +5,17 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from node.catalogue import Catalogue
 from node.jobqueue import SqlJobQueue
-from tests.node.fakes import FakeClock, new_catalogue
+from tests.node.fakes import FakeClock
 
 
 @pytest.fixture()
-def queue(tmp_path: Path, clock: FakeClock) -> Iterator[SqlJobQueue]:
-    catalogue = new_catalogue(tmp_path, clock)
+def queue(database_url: str, clock: FakeClock) -> Iterator[SqlJobQueue]:
+    catalogue = Catalogue(database_url, clock=clock)
     yield SqlJobQueue(catalogue)
     catalogue.close()
 
@@ -110,9 +109,9 @@ def test_enqueue_joins_the_callers_transaction(queue: SqlJobQueue) -> None:
     assert queue.list() == [] and queue.claim() is None
 
 
-def test_concurrent_claimers_never_take_the_same_job(tmp_path: Path, clock: FakeClock) -> None:
+def test_concurrent_claimers_never_take_the_same_job(database_url: str, clock: FakeClock) -> None:
     """Workers in threads, each with its own connection pool, drain one queue between them."""
-    first = new_catalogue(tmp_path, clock)
+    first = Catalogue(database_url, clock=clock)
     ids = {_enqueue(SqlJobQueue(first), f"1.{n}", clock) for n in range(60)}
     claimed: list[list[int]] = [[] for _ in range(4)]
     start = threading.Barrier(len(claimed))

@@ -6,15 +6,15 @@ import threading
 import time
 from pathlib import Path
 
-from node.config import NodeConfig, StorageConfig
+from node.config import DatabaseConfig, NodeConfig, StorageConfig
 from node.service import Node
 
 
 def _node(tmp_path: Path) -> Node:
     return Node(NodeConfig(storage=StorageConfig(
         spool_dir=tmp_path / "spool", output_dir=tmp_path / "out",
-        quarantine_dir=tmp_path / "quarantine", models_dir=tmp_path / "models",
-        database_url=f"sqlite:///{tmp_path / 'segnode.db'}")))
+        quarantine_dir=tmp_path / "quarantine", models_dir=tmp_path / "models"),
+        database=DatabaseConfig(url=f"sqlite:///{tmp_path / 'segnode.db'}")))
 
 
 def test_busy_round_wakes_the_next_loop_and_idle_one_waits(tmp_path: Path) -> None:

@@ -35,8 +35,8 @@ def _config(root: Path) -> Path:
         "timing": {"series_quiet_s": 0.5, "poll_interval_s": 0.2},
         "storage": {"spool_dir": str(root / "spool"), "output_dir": str(root / "out"),
                     "quarantine_dir": str(root / "quarantine"),
-                    "models_dir": str(root / "models"), "min_free_disk_mb": 0,
-                    "database_url": f"sqlite:///{root / 'segnode.db'}"},
+                    "models_dir": str(root / "models"), "min_free_disk_mb": 0},
+        "database": {"url": f"sqlite:///{root / 'segnode.db'}"},
         "processing": {"device": ["cpu", "cpu"], "tile_step_size": 1.0},
         "web": {"enabled": False},
     }))

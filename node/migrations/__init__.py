@@ -1,0 +1,1 @@
+"""Alembic migrations of the catalogue (SQLite and PostgreSQL); applied by :mod:`node.schema`."""
