@@ -21,7 +21,7 @@ from sqlalchemy.engine import Connection
 
 from node.catalogue import Catalogue
 from node.config import NodeConfig, RuleConfig
-from node.jobqueue import SqlJobQueue
+from node.jobqueue import PRIORITIES, SqlJobQueue
 from node.metrics import NodeMetrics
 from node.rules import decide
 
@@ -104,6 +104,7 @@ class Assembler:
         job_id = self.queue.enqueue(series_uids[0], rule=rule.name,
                                     model=",".join(rule.model) or None,
                                     seg_type=rule.seg_type, destinations=rule.destinations,
-                                    series_uids=tuple(series_uids), study_uid=study_uid, db=db)
+                                    series_uids=tuple(series_uids), study_uid=study_uid,
+                                    priority=PRIORITIES[rule.priority], db=db)
         self.catalogue.set_series_job(db, series_uids, job_id)
         return job_id

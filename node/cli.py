@@ -11,7 +11,10 @@ from pathlib import Path
 
 from segnode_errors import SegnodeError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "ROLES"]
+
+#: The parts of ``segnode serve`` (all of them by default).
+ROLES = ("receiver", "dispatcher", "worker", "web")
 
 logger = logging.getLogger("segnode")
 
@@ -98,7 +101,18 @@ def _config_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_node_commands(sub: argparse._SubParsersAction) -> None:
-    _config_option(sub.add_parser("serve", help="run the DICOM node"))
+    serve = sub.add_parser("serve", help="run the DICOM node (every role, or the ones named)")
+    serve.add_argument("--role", action="append", choices=ROLES, dest="roles",
+                       help="run only this part (repeatable): receiver (listener, assembler, "
+                            "leases, broker publishing), dispatcher, worker (embedded queue), "
+                            "web; default all of them")
+    _config_option(serve)
+    worker = sub.add_parser("worker", help="run one worker: a Celery worker, or a claimer of "
+                                           "the shared catalogue's queue (embedded)")
+    worker.add_argument("--device", help="cpu or cuda:N (default: the first of "
+                                         "processing.device)")
+    worker.add_argument("--name", help="how status shows it (default HOST/DEVICE)")
+    _config_option(worker)
     _config_option(sub.add_parser("status", help="listener, queues, device, disk, last errors"))
 
     config = sub.add_parser("config", help="check a node configuration")
@@ -152,6 +166,7 @@ _HANDLERS = {
     "demo": ("node.commands", "demo"),
     "models": ("node.commands", "models"),
     "serve": ("node.node_commands", "serve"),
+    "worker": ("node.node_commands", "worker"),
     "status": ("node.node_commands", "status"),
     "config": ("node.node_commands", "config_check"),
     "jobs": ("node.node_commands", "jobs"),

@@ -205,6 +205,8 @@ class RuleConfig(_Strict):
     #: Extra results every viewer can show, sent with the SEG and SR as their own
     #: series: ``pdf`` (encapsulated PDF report), ``sc`` (secondary capture preview).
     reports: tuple[Literal["pdf", "sc"], ...] = ()
+    #: Which jobs run first when workers are busy: urgent, normal, then batch (backfills).
+    priority: Literal["urgent", "normal", "batch"] = "normal"
 
     _check_model = field_validator("model", mode="before")(lambda v: pack_names(v))
 
@@ -247,7 +249,7 @@ _DATABASE_URL = re.compile(r"^(sqlite:///.+|postgresql(\+psycopg)?://.+)$")
 
 
 class DatabaseConfig(_Strict):
-    """The catalogue: SQLite in one process, PostgreSQL when several processes or servers share it."""
+    """The catalogue: SQLite for one process, PostgreSQL when processes or servers share it."""
 
     #: ``sqlite:///PATH`` or ``postgresql://user:password@host:port/db``; null is SQLite at
     #: ``var/segnode.db``.

@@ -7,8 +7,15 @@ stations of a whole-body acquisition are stitched together); ``series_uid``
 is the first of them. States:
 ``queued`` → ``running`` → ``done`` or ``failed`` (with the reason). A job
 found ``running`` when the node starts was interrupted by a crash and is
-queued again. A Celery-backed queue can stand beside :class:`SqlJobQueue`
-behind the same :class:`JobQueue` protocol.
+queued again.
+
+A claimed job carries a lease (its worker's name and an expiry) that the
+worker renews while it runs; a job whose lease ran out (its worker died,
+on this server or another) is queued again by :meth:`SqlJobQueue.requeue_expired`.
+Claims take the highest priority first, then the oldest. With
+``queue.backend: celery`` the table stays the truth and each queued job is
+also published as a Celery task (:mod:`node.publisher`); the worker that
+receives it claims that job by id, so a duplicate message runs nothing twice.
 """
 
 from __future__ import annotations
@@ -22,9 +29,12 @@ from sqlalchemy.engine import Connection
 
 from node.catalogue import Catalogue, jobs
 
-__all__ = ["Job", "JobQueue", "SqlJobQueue", "JOB_STATES"]
+__all__ = ["Job", "JobQueue", "SqlJobQueue", "JOB_STATES", "PRIORITIES"]
 
 JOB_STATES = ("queued", "running", "done", "failed")
+
+#: Job priorities of the rules (higher runs first).
+PRIORITIES = {"urgent": 2, "normal": 1, "batch": 0}
 
 
 @dataclass(frozen=True)
@@ -48,6 +58,8 @@ class Job:
     created_at: float
     started_at: float | None
     finished_at: float | None
+    priority: int = 1
+    lease_owner: str = ""
 
 
 class JobQueue(Protocol):
@@ -55,8 +67,9 @@ class JobQueue(Protocol):
 
     def enqueue(self, series_uid: str, *, rule: str, model: str | None, seg_type: str,
                 destinations: tuple[str, ...], series_uids: tuple[str, ...] = (),
-                study_uid: str = "", db: Connection | None = None) -> int: ...
-    def claim(self) -> Job | None: ...
+                study_uid: str = "", priority: int = 1,
+                db: Connection | None = None) -> int: ...
+    def claim(self, owner: str = "", lease_s: float = 0.0) -> Job | None: ...
     def complete(self, job_id: int, result: dict[str, Any], reason: str = "") -> None: ...
     def fail(self, job_id: int, reason: str, result: dict[str, Any] | None = None) -> None: ...
     def requeue(self, job_id: int) -> bool: ...
@@ -71,6 +84,7 @@ def _job(row: Any) -> Job:
         state=row.state, attempts=row.attempts, reason=row.reason or "",
         result=json.loads(row.result) if row.result else {}, output_dir=row.output_dir or "",
         created_at=row.created_at, started_at=row.started_at, finished_at=row.finished_at,
+        priority=row.priority, lease_owner=row.lease_owner,
     )
 
 
@@ -82,7 +96,8 @@ class SqlJobQueue:
 
     def enqueue(self, series_uid: str, *, rule: str, model: str | None, seg_type: str,
                 destinations: tuple[str, ...], series_uids: tuple[str, ...] = (),
-                study_uid: str = "", db: Connection | None = None) -> int:
+                study_uid: str = "", priority: int = 1,
+                db: Connection | None = None) -> int:
         """Queue a job over ``series_uids`` (default: ``series_uid`` alone); returns its id.
 
         ``db`` joins the caller's transaction.
@@ -91,36 +106,78 @@ class SqlJobQueue:
             with self.catalogue.begin() as own:
                 return self.enqueue(series_uid, rule=rule, model=model, seg_type=seg_type,
                                     destinations=destinations, series_uids=series_uids,
-                                    study_uid=study_uid, db=own)
+                                    study_uid=study_uid, priority=priority, db=own)
         result = db.execute(jobs.insert().values(
             series_uid=series_uid, series_uids=json.dumps(list(series_uids or (series_uid,))),
             study_uid=study_uid, rule=rule, model=model, seg_type=seg_type,
             destinations=json.dumps(list(destinations)), state="queued", attempts=0,
             reason="", result="", output_dir="", created_at=self.catalogue.clock(),
+            priority=priority,
         ))
         return int(result.inserted_primary_key[0])
 
-    def claim(self) -> Job | None:
-        """Take the oldest queued job and mark it running; None when the queue is empty.
+    def claim(self, owner: str = "", lease_s: float = 0.0) -> Job | None:
+        """Take the most urgent, oldest queued job for ``owner``; None when there is none.
 
-        Safe with several workers: the update only takes a row still queued
-        (SQLite's write lock serialises claims; PostgreSQL's row lock with
-        SKIP LOCKED lets a second claimer take the next job), so no job is
-        claimed twice.
+        Safe with several workers and processes: the update only takes a row
+        still queued (writers take turns, see :class:`Catalogue`), so no job
+        is claimed twice. ``lease_s`` > 0 gives the claim a lease to renew.
         """
-        while True:
-            with self.catalogue.begin() as db:
-                row = db.execute(sa.select(jobs.c.id, jobs.c.attempts)
-                                 .where(jobs.c.state == "queued").order_by(jobs.c.id).limit(1)
-                                 .with_for_update(skip_locked=True)).first()
-                if row is None:
-                    return None
-                taken = db.execute(jobs.update().where(
-                    jobs.c.id == row.id, jobs.c.state == "queued"
-                ).values(state="running", attempts=row.attempts + 1,
-                         started_at=self.catalogue.clock(), finished_at=None, reason=""))
-                if taken.rowcount == 1:
-                    return _job(db.execute(sa.select(jobs).where(jobs.c.id == row.id)).one())
+        with self.catalogue.begin() as db:
+            row = db.execute(sa.select(jobs.c.id).where(jobs.c.state == "queued")
+                             .order_by(jobs.c.priority.desc(), jobs.c.id).limit(1)).first()
+            return None if row is None else self._take(db, row.id, owner, lease_s)
+
+    def claim_job(self, job_id: int, owner: str, lease_s: float) -> Job | None:
+        """Take job ``job_id`` if it is queued; None when it is running, done, failed or unknown."""
+        with self.catalogue.begin() as db:
+            return self._take(db, job_id, owner, lease_s)
+
+    def _take(self, db: Connection, job_id: int, owner: str, lease_s: float) -> Job | None:
+        now = self.catalogue.clock()
+        taken = db.execute(jobs.update().where(jobs.c.id == job_id, jobs.c.state == "queued")
+                           .values(state="running", attempts=jobs.c.attempts + 1,
+                                   started_at=now, finished_at=None, reason="",
+                                   lease_owner=owner,
+                                   lease_until=now + lease_s if lease_s > 0 else None))
+        if taken.rowcount != 1:
+            return None
+        return _job(db.execute(sa.select(jobs).where(jobs.c.id == job_id)).one())
+
+    def renew(self, job_id: int, owner: str, lease_s: float) -> bool:
+        """Extend ``owner``'s lease on a running job; False when it no longer holds it."""
+        with self.catalogue.begin() as db:
+            renewed = db.execute(jobs.update().where(
+                jobs.c.id == job_id, jobs.c.state == "running", jobs.c.lease_owner == owner
+            ).values(lease_until=self.catalogue.clock() + lease_s))
+            return renewed.rowcount == 1
+
+    def requeue_expired(self) -> list[int]:
+        """Queue again every running job whose lease ran out (its worker died); their ids."""
+        with self.catalogue.begin() as db:
+            ids = [row.id for row in db.execute(sa.select(jobs.c.id).where(
+                jobs.c.state == "running", jobs.c.lease_until.is_not(None),
+                jobs.c.lease_until < self.catalogue.clock()))]
+            if ids:
+                db.execute(jobs.update().where(jobs.c.id.in_(ids)).values(
+                    state="queued", lease_owner="", lease_until=None, published_at=None,
+                    reason="its worker stopped renewing the lease; queued again"))
+        return ids
+
+    def to_publish(self, republish_after_s: float, limit: int = 100) -> list[Job]:
+        """Queued jobs never handed to the broker, or handed over long ago and still waiting."""
+        stale = self.catalogue.clock() - republish_after_s
+        query = (sa.select(jobs).where(jobs.c.state == "queued", sa.or_(
+            jobs.c.published_at.is_(None), jobs.c.published_at < stale))
+            .order_by(jobs.c.priority.desc(), jobs.c.id).limit(limit))
+        with self.catalogue.engine.connect() as db:
+            return [_job(row) for row in db.execute(query)]
+
+    def mark_published(self, job_id: int) -> None:
+        """Record that job ``job_id`` was handed to the broker now."""
+        with self.catalogue.begin() as db:
+            db.execute(jobs.update().where(jobs.c.id == job_id)
+                       .values(published_at=self.catalogue.clock()))
 
     def set_output_dir(self, job_id: int, output_dir: str) -> None:
         """Record where a job writes its outputs."""
@@ -139,14 +196,14 @@ class SqlJobQueue:
         with self.catalogue.begin() as db:
             db.execute(jobs.update().where(jobs.c.id == job_id).values(
                 state=state, reason=reason, result=json.dumps(result),
-                finished_at=self.catalogue.clock()))
+                finished_at=self.catalogue.clock(), lease_until=None))
 
     def requeue(self, job_id: int) -> bool:
         """Queue a failed or done job again; False when it is queued, running or unknown."""
         with self.catalogue.begin() as db:
             updated = db.execute(jobs.update().where(
                 jobs.c.id == job_id, jobs.c.state.in_(("failed", "done"))
-            ).values(state="queued", reason="", finished_at=None))
+            ).values(state="queued", reason="", finished_at=None, published_at=None))
             return updated.rowcount == 1
 
     def requeue_interrupted(self) -> list[int]:
@@ -156,7 +213,8 @@ class SqlJobQueue:
                                                 .where(jobs.c.state == "running"))]
             if ids:
                 db.execute(jobs.update().where(jobs.c.id.in_(ids)).values(
-                    state="queued", reason="interrupted; queued again at restart"))
+                    state="queued", reason="interrupted; queued again at restart",
+                    lease_owner="", lease_until=None, published_at=None))
         return ids
 
     def get(self, job_id: int) -> Job | None:

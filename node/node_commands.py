@@ -24,7 +24,7 @@ from node.outbox import Outbox
 from node.spool import free_disk_mb
 from segnode_errors import ConfigError
 
-__all__ = ["serve", "status", "jobs", "outbox", "echo", "config_check", "config_path"]
+__all__ = ["serve", "worker", "status", "jobs", "outbox", "echo", "config_check", "config_path"]
 
 logger = logging.getLogger("segnode")
 
@@ -67,7 +67,8 @@ def serve(args: argparse.Namespace) -> int:
     from node.service import Node
 
     apply_logging(config.logging.format, "DEBUG" if args.verbose else config.logging.level)
-    node = Node(config)
+    roles = getattr(args, "roles", None)
+    node = Node(config, roles=frozenset(roles)) if roles else Node(config)
 
     def _stop(signum: int, _frame: object) -> None:
         logger.info("signal %d: stopping", signum)
@@ -76,6 +77,25 @@ def serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     node.serve_forever()
+    return 0
+
+
+def worker(args: argparse.Namespace) -> int:
+    """``segnode worker``: one worker process on one device (Celery, or the shared queue)."""
+    config = _load(args)
+    from node.logs import apply_logging
+    from node.worker_process import WorkerProcess
+
+    apply_logging(config.logging.format, "DEBUG" if args.verbose else config.logging.level)
+    process = WorkerProcess(config, device=args.device, name=args.name)
+
+    def _stop(signum: int, _frame: object) -> None:
+        logger.info("signal %d: stopping after the current job", signum)
+        process.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    process.run()
     return 0
 
 
@@ -110,6 +130,7 @@ def status(args: argparse.Namespace) -> int:
     _write("series:    " + (", ".join(f"{n} {s}" for s, n in
                                      sorted(catalogue.series_counts().items())) or "none"))
     workers = json.loads(state.get("workers") or "[]") if up else []
+    workers += _worker_processes(state, fresh_s=max(10.0, 5 * config.timing.poll_interval_s))
     for worker in workers:
         _write(f"worker {worker['worker']}:  {worker['memory'] or worker['device']}; "
                + _running_line(queue, worker["job"]))
@@ -126,6 +147,17 @@ def status(args: argparse.Namespace) -> int:
         _write(f"  {line}")
     catalogue.close()
     return 0 if up else 1
+
+
+def _worker_processes(state: dict[str, str], fresh_s: float) -> list[dict]:
+    """The ``segnode worker`` processes whose heartbeat is recent, from the catalogue's state."""
+    found = []
+    for key, value in sorted(state.items()):
+        if key.startswith("worker:") and value:
+            entry = json.loads(value)
+            if time.time() - float(entry.get("heartbeat_at", 0)) < fresh_s:
+                found.append(entry)
+    return found
 
 
 def _running_line(queue: SqlJobQueue, job_id: int | None) -> str:

@@ -10,6 +10,13 @@ finished wakes the dispatcher); a failure inside one round is logged and the
 loop goes on. Workers claim jobs from the one queue, so each job runs once.
 SIGTERM or SIGINT stops the node; whatever was running is picked up again at
 the next start.
+
+Roles split the same node over processes and servers sharing a PostgreSQL
+catalogue and the spool: ``receiver`` (listener, assembler, retention, the
+lease check that queues again the jobs of dead workers, and with
+``queue.backend: celery`` the publisher), ``dispatcher``, ``worker`` (the
+in-process workers of the embedded queue; Celery workers are ``segnode
+worker`` processes) and ``web``.
 """
 
 from __future__ import annotations
@@ -33,11 +40,13 @@ from node.jobqueue import SqlJobQueue
 from node.listener import AssociationRecord, Listener
 from node.metrics import NodeMetrics
 from node.outbox import Outbox
+from node.publisher import Publisher
 from node.receiver import Receiver
 from node.retention import Retention
 from node.spool import Quarantine, Spool, free_disk_mb
 from node.web.server import WebServer
 from node.worker import Worker
+from segnode_errors import ConfigError
 
 __all__ = ["Node"]
 
@@ -52,8 +61,16 @@ class Node:
 
     config: NodeConfig
     stop_event: threading.Event = field(default_factory=threading.Event)
+    #: The parts this process runs (default: all of them).
+    roles: frozenset[str] = frozenset(("receiver", "dispatcher", "worker", "web"))
 
     def __post_init__(self) -> None:
+        celery = self.config.queue.backend == "celery"
+        if celery and "worker" in self.roles and len(self.roles) == 1:
+            raise ConfigError("with queue.backend celery the workers are `segnode worker` "
+                              "processes, not `segnode serve --role worker`")
+        if celery:
+            self.roles = self.roles - {"worker"}
         storage = self.config.storage
         self.catalogue = Catalogue(self.config.database_url)
         self.spool = Spool(storage.spool_dir)
@@ -69,7 +86,9 @@ class Node:
             Worker(self.config, self.catalogue, self.queue, self.outbox, self.metrics,
                    device=device, name=str(number))
             for number, device in enumerate(worker_devices(self.config.processing.device), 1)
-        ]
+        ] if "worker" in self.roles else []
+        self.publisher = Publisher(self.config.queue, self.queue) if (
+            celery and "receiver" in self.roles) else None
         self.dispatcher = Dispatcher(self.config, self.outbox, self.metrics)
         self.web: WebServer | None = None
         self._started_at = time.time()
@@ -83,32 +102,50 @@ class Node:
         for rule in self.config.rules:
             for name in rule.model or (None,):
                 store.resolve(name)
-        requeued = self.queue.requeue_interrupted()
-        if requeued:
-            logger.warning("jobs %s were interrupted and are queued again",
-                           ", ".join(map(str, requeued)))
+        if not self.catalogue.shared:  # SQLite: this process is the only one
+            requeued = self.queue.requeue_interrupted()
+            if requeued:
+                logger.warning("jobs %s were interrupted and are queued again",
+                               ", ".join(map(str, requeued)))
         if self.config.rules:
             first = self.config.rules[0]
             for worker in self.workers:
                 worker.pipeline(worker.settings_for(first.model, first.seg_type, first.reports))
-        device = ", ".join(worker.status()["device"] for worker in self.workers)
-        self.listener.start()
-        if self.config.web.enabled:
+        device = (", ".join(worker.status()["device"] for worker in self.workers)
+                  or "none here (segnode worker processes)")
+        receiver = "receiver" in self.roles
+        if receiver:
+            self.listener.start()
+        if self.config.web.enabled and "web" in self.roles:
             self.web = WebServer(self._web_app(), self.config.web.host, self.config.web.port)
             self.web.start()
-        self.catalogue.set_state(pid=str(os.getpid()), started_at=f"{time.time():.3f}",
-                                 listener=self.listener.describe(), device=device,
-                                 heartbeat_at=f"{time.time():.3f}", workers=self._workers_state())
+        if receiver:
+            self.catalogue.set_state(pid=str(os.getpid()), started_at=f"{time.time():.3f}",
+                                     listener=self.listener.describe(), device=device,
+                                     heartbeat_at=f"{time.time():.3f}",
+                                     workers=self._workers_state())
         interval = self.config.timing.poll_interval_s
-        dispatcher = self._loop("dispatcher", self.dispatcher.run_once, interval)
+        dispatcher = ([self._loop("dispatcher", self.dispatcher.run_once, interval)]
+                      if "dispatcher" in self.roles else [])
         workers = [self._loop(f"worker-{worker.name}", worker.run_once, interval,
-                              then=[dispatcher]) for worker in self.workers]
-        self._loop("assembler", self.assembler.run_once, interval, then=workers)
-        self._loop("retention", self.retention.run_once, _RETENTION_INTERVAL_S)
-        self._loop("heartbeat", self._heartbeat, interval)
-        logger.info("segnode node up: %s, %d worker(s) on %s, %d rule(s), %d destination(s)",
-                    self.listener.describe(), len(self.workers), device,
-                    len(self.config.rules), len(self.config.destinations))
+                              then=dispatcher) for worker in self.workers]
+        if receiver:
+            if self.publisher is not None:
+                workers = [self._loop("publisher", self.publisher.run_once, interval)]
+            self._loop("assembler", self.assembler.run_once, interval, then=workers)
+            self._loop("retention", self.retention.run_once, _RETENTION_INTERVAL_S)
+            self._loop("leases", self._requeue_expired, interval, then=workers)
+            self._loop("heartbeat", self._heartbeat, interval)
+        logger.info("segnode node up: roles %s, %d worker(s) on %s, %d rule(s), %d "
+                    "destination(s)", ", ".join(sorted(self.roles)), len(self.workers),
+                    device, len(self.config.rules), len(self.config.destinations))
+
+    def _requeue_expired(self) -> bool:
+        requeued = self.queue.requeue_expired()
+        if requeued:
+            logger.warning("jobs %s: their workers stopped renewing the lease; queued again",
+                           ", ".join(map(str, requeued)))
+        return bool(requeued)
 
     def _association_closed(self, record: AssociationRecord, seconds: float) -> None:
         self.catalogue.record_association(
@@ -143,7 +180,7 @@ class Node:
             writable = False
         free = free_disk_mb(self.config.storage.spool_dir)
         return {
-            "listener_accepting": self.listener.accepting,
+            "listener_accepting": self.listener.accepting or "receiver" not in self.roles,
             "database_writable": writable,
             "model_loaded": all(w.model_loaded for w in self.workers) or not self.config.rules,
             "disk_above_threshold": free >= self.config.storage.min_free_disk_mb,
@@ -203,11 +240,15 @@ class Node:
             wake.set()
         if self.web is not None:
             self.web.stop()
-        self.listener.stop()
+        if "receiver" in self.roles:
+            self.listener.stop()
         deadline = time.monotonic() + timeout_s
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
-        self.catalogue.set_state(pid="", workers="[]")
+        if "receiver" in self.roles:
+            self.catalogue.set_state(pid="", workers="[]")
+        if self.publisher is not None:
+            self.publisher.close()
         self.catalogue.close()
 
     def serve_forever(self) -> None:

@@ -10,6 +10,9 @@ queues every SEG and SR for each of the rule's destinations in the outbox.
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -46,13 +49,18 @@ class Worker:
         Where this worker's networks run (``cpu``, ``cuda:1``).
     name
         How status, logs and metrics tell this worker from the others.
+    owner
+        The name its job leases carry, unique among all workers sharing the
+        catalogue (default: host, process id and ``name``).
     """
 
     def __init__(self, config: NodeConfig, catalogue: Catalogue, queue: SqlJobQueue,
                  outbox: Outbox, metrics: NodeMetrics | None = None, *,
-                 device: str, name: str = "1") -> None:
+                 device: str, name: str = "1", owner: str | None = None) -> None:
         self.device = device
         self.name = name
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{name}"
+        self.lease_s = config.queue.lease_s
         self.config = config
         self.metrics = metrics
         self.catalogue = catalogue
@@ -116,15 +124,33 @@ class Worker:
                 "job": self.current_job, "memory": memory.describe() if memory else ""}
 
     def run_once(self) -> bool:
-        """Run the oldest queued job; False when there was none."""
-        job = self.queue.claim()
+        """Run the most urgent, oldest queued job; False when there was none."""
+        job = self.queue.claim(self.owner, self.lease_s)
         if job is None:
             return False
+        self._run_claimed(job)
+        return True
+
+    def run_job_id(self, job_id: int) -> bool:
+        """Run job ``job_id`` (a Celery task names it); False when it is not queued.
+
+        A job already running elsewhere, done or failed is left alone: the
+        message was a duplicate (a republication, a broker redelivery).
+        """
+        job = self.queue.claim_job(job_id, self.owner, self.lease_s)
+        if job is None:
+            logger.info("job %d is not queued (taken, done or failed): nothing to run", job_id)
+            return False
+        self._run_claimed(job)
+        return True
+
+    def _run_claimed(self, job: Job) -> None:
         self.current_job = job.id
         started = time.time()
         self.last_timings = {}
         try:
-            self.run(job)
+            with _Lease(self.queue, job.id, self.owner, self.lease_s):
+                self.run(job)
         finally:
             self.current_job = None
         if self.metrics is not None:
@@ -137,7 +163,6 @@ class Worker:
                 "process": time.time() - started,
                 **self.last_timings,
             })
-        return True
 
     def run(self, job: Job) -> None:
         """Run one claimed job to done or failed; never raises."""
@@ -197,3 +222,30 @@ class Worker:
         else:
             self.queue.fail(job.id, problems, summary)
             logger.error("job %d failed: %s", job.id, problems, extra={"job_id": job.id})
+
+
+class _Lease:
+    """Renews a job's lease every third of ``lease_s`` while the block runs."""
+
+    def __init__(self, queue: SqlJobQueue, job_id: int, owner: str, lease_s: float) -> None:
+        self._queue, self._job_id, self._owner, self._lease_s = queue, job_id, owner, lease_s
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._renew, daemon=True,
+                                        name=f"segnode-lease-{job_id}")
+
+    def __enter__(self) -> None:
+        self._thread.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _renew(self) -> None:
+        while not self._done.wait(self._lease_s / 3):
+            try:
+                if not self._queue.renew(self._job_id, self._owner, self._lease_s):
+                    logger.warning("job %d: lease lost (queued again after a stall?)",
+                                   self._job_id)
+                    return
+            except Exception:  # noqa: BLE001 - a database hiccup; the next round retries
+                logger.exception("job %d: could not renew the lease", self._job_id)

@@ -1,0 +1,209 @@
+"""Several processes as one node: a receiver, two Celery workers, PostgreSQL, Redis, Orthanc.
+
+Everything runs in one private network namespace: PostgreSQL (a throwaway
+cluster), Redis (no persistence), Orthanc as the PACS, ``segnode serve --role
+receiver --role dispatcher`` and two ``segnode worker`` processes sharing the
+spool and output folders. The test itself reads the catalogue over
+PostgreSQL's Unix socket. Phantom series go in with DCMTK ``storescu``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from node.catalogue import Catalogue
+from node.jobqueue import Job, SqlJobQueue
+from tests.node.test_node_e2e import Series, write_phantom
+from tests.peers import (
+    NetNamespace,
+    Orthanc,
+    dcmtk_available,
+    netns_available,
+    orthanc_available,
+    poll_until,
+    stop_process,
+    storescu,
+)
+from tests.servers import PostgreSQL, Redis, postgresql_available, redis_available
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+_REASON = (netns_available() or orthanc_available() or dcmtk_available("storescu")
+           or postgresql_available() or redis_available())
+
+
+@dataclass
+class Cluster:
+    """The servers and node processes of one test module."""
+
+    ns: NetNamespace
+    root: Path
+    orthanc: Orthanc
+    postgres: PostgreSQL
+    redis: Redis
+    port: int
+    config_path: Path
+    catalogue: Catalogue
+    queue: SqlJobQueue
+    receiver: subprocess.Popen | None = None
+    workers: dict[str, subprocess.Popen] | None = None
+
+    def start_process(self, name: str, *args: str) -> subprocess.Popen:
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        with (self.root / f"{name}.log").open("ab") as log:
+            return self.ns.popen([sys.executable, "-m", "node.cli", *args, "--config",
+                                  str(self.config_path)], stdout=log, stderr=subprocess.STDOUT,
+                                 env=env, cwd=REPO)
+
+    def start_worker(self, name: str) -> None:
+        assert self.workers is not None
+        self.workers[name] = self.start_process(name, "worker", "--device", "cpu",
+                                                "--name", name)
+
+    def log(self, name: str) -> str:
+        return (self.root / f"{name}.log").read_text(errors="replace")[-3000:]
+
+    def send(self, series: Series) -> None:
+        result = storescu(series.folder, "127.0.0.1", self.port, called_aet="SEGNODE",
+                          netns=self.ns)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+    def jobs_of(self, series: Series) -> list[Job]:
+        return [job for job in self.queue.list(limit=1000) if job.series_uid == series.series_uid]
+
+    def wait_done(self, batch: list[Series], timeout: float) -> list[Job]:
+        """Every series of ``batch`` has one job, done, and its SEG and SR are in Orthanc."""
+        def finished() -> list[Job] | None:
+            jobs = [job for s in batch for job in self.jobs_of(s)]
+            if len(jobs) == len(batch) and all(job.state == "done" for job in jobs):
+                sent = {uid for job in jobs for uid in _outputs(job)}
+                if sent <= self.orthanc.sop_instance_uids():
+                    return jobs
+            return None
+
+        jobs = poll_until(finished, timeout=timeout, interval=0.5)
+        assert jobs, (self.queue.counts(), self.log("receiver")[-1500:],
+                      self.log("w1")[-1500:], self.log("w2")[-1500:])
+        return jobs
+
+
+def _outputs(job: Job) -> list[str]:
+    import pydicom
+
+    return [str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+            for path in job.result.get("outputs", [])]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    if _REASON:
+        pytest.skip(_REASON)
+    root = tmp_path_factory.mktemp("distributed")
+    with NetNamespace() as ns:
+        orthanc = Orthanc(root / "orthanc", netns=ns).start()
+        postgres = PostgreSQL(netns=ns).start()
+        redis = Redis(netns=ns).start()
+        port = ns.free_port()
+        config_path = root / "config.yaml"
+        config_path.write_text(yaml.safe_dump({
+            "node": {"ae_title": "SEGNODE", "host": "127.0.0.1", "port": port},
+            "callers": [{"ae_title": "STORESCU", "addresses": ["127.0.0.1"]}],
+            "destinations": [{"name": "pacs", "ae_title": orthanc.aet, "host": "127.0.0.1",
+                              "port": orthanc.dicom_port}],
+            "rules": [{"name": "mr", "match": {"modality": ["MR"]}, "whole_study": False,
+                       "destinations": ["pacs"]}],
+            "timing": {"series_quiet_s": 1, "poll_interval_s": 0.2,
+                       "retry": {"initial_delay_s": 0.5, "max_delay_s": 2}},
+            "storage": {"min_free_disk_mb": 0, "spool_dir": str(root / "shared" / "spool"),
+                        "output_dir": str(root / "shared" / "outputs"),
+                        "quarantine_dir": str(root / "shared" / "quarantine"),
+                        "models_dir": str(root / "models")},
+            "database": {"url": postgres.url},
+            "queue": {"backend": "celery", "broker_url": redis.url, "lease_s": 6,
+                      "republish_after_s": 20},
+            "processing": {"device": "cpu", "tile_step_size": 1.0},
+            "web": {"enabled": False},
+        }))
+        catalogue = Catalogue(postgres.socket_url)
+        cluster = Cluster(ns, root, orthanc, postgres, redis, port, config_path, catalogue,
+                          SqlJobQueue(catalogue), workers={})
+        try:
+            cluster.receiver = cluster.start_process("receiver", "serve", "--role", "receiver",
+                                                     "--role", "dispatcher")
+            cluster.start_worker("w1")
+            cluster.start_worker("w2")
+            ns.wait_listening([port], timeout=180, process=cluster.receiver)
+            assert poll_until(lambda: sum(key.startswith("worker:") and bool(value)
+                                          for key, value in catalogue.get_state().items()) == 2,
+                              timeout=180, interval=0.5), cluster.log("w1") + cluster.log("w2")
+            yield cluster
+        finally:
+            for proc in [*(cluster.workers or {}).values(), cluster.receiver]:
+                stop_process(proc, timeout=30)
+            catalogue.close()
+            redis.close()
+            postgres.close()
+            orthanc.close()
+
+
+def test_twenty_series_are_each_processed_once_by_two_workers(cluster: Cluster,
+                                                              tmp_path: Path) -> None:
+    batch = [write_phantom(tmp_path, f"burst{n:02d}") for n in range(20)]
+    for series in batch:
+        cluster.send(series)
+    jobs = cluster.wait_done(batch, timeout=600)
+    assert sorted(job.attempts for job in jobs) == [1] * 20  # each claimed once
+    assert {job.result["worker"] for job in jobs} == {"w1", "w2"}  # both took a share
+    outputs = [uid for job in jobs for uid in _outputs(job)]
+    assert len(outputs) == 40 and len(set(outputs)) == 40  # one SEG and one SR per series
+    assert set(outputs) <= cluster.orthanc.sop_instance_uids()
+
+
+def test_a_killed_workers_job_completes_on_the_other(cluster: Cluster, tmp_path: Path) -> None:
+    from tests.node.conftest import _write_case
+
+    assert cluster.workers is not None
+    case = _write_case(tmp_path, "coronal", 7)  # big enough to be killed mid-job
+    series = Series(case.folder, tuple(sorted(case.folder.glob("*.dcm"))), case.series_uid)
+    cluster.send(series)
+    running = poll_until(lambda: next((j for j in cluster.jobs_of(series)
+                                       if j.state == "running"), None), timeout=60, interval=0.05)
+    assert running is not None, cluster.queue.counts()
+    victim = next(name for name, proc in cluster.workers.items()
+                  if f":{proc.pid}:" in running.lease_owner)
+    os.kill(cluster.workers[victim].pid, signal.SIGKILL)
+    cluster.workers[victim].wait(30)
+    [job] = cluster.wait_done([series], timeout=240)
+    survivor = ({"w1", "w2"} - {victim}).pop()
+    assert job.attempts == 2 and job.result["worker"] == survivor
+    seg_and_sr = _outputs(job)
+    assert len(seg_and_sr) == 2
+    at_orthanc = [uid for uid in cluster.orthanc.sop_instance_uids() if uid in seg_and_sr]
+    assert sorted(at_orthanc) == sorted(seg_and_sr)  # exactly one copy of each output
+    cluster.start_worker(victim)
+
+
+def test_a_broker_outage_delays_jobs_and_loses_nothing(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.redis.stop()
+    batch = [write_phantom(tmp_path, f"outage{n}") for n in range(3)]
+    for series in batch:
+        cluster.send(series)  # receiving goes on without the broker
+
+    def all_queued() -> bool:
+        jobs = [job for s in batch for job in cluster.jobs_of(s)]
+        return len(jobs) == 3 and all(job.state == "queued" for job in jobs)
+
+    assert poll_until(all_queued, timeout=60, interval=0.2), cluster.queue.counts()
+    cluster.redis.start()  # empty: whatever it held is gone
+    jobs = cluster.wait_done(batch, timeout=300)
+    assert sorted(job.attempts for job in jobs) == [1, 1, 1]
