@@ -70,6 +70,10 @@ RUN sed -i \
 
 USER 10001
 WORKDIR /var/lib/segnode
+# Ready: listener accepting, database writable, model loaded, disk above the threshold.
+# Containers without the web role (workers) disable it in their compose service.
+HEALTHCHECK --interval=30s --timeout=10s --start-period=300s --retries=3 \
+    CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/readyz', timeout=8)"]
 VOLUME ["/var/lib/segnode"]
 EXPOSE 11112 8080
 ENV SEGNODE_CONFIG=/etc/segnode/config.yaml

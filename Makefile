@@ -23,7 +23,8 @@ $(STAMP): pyproject.toml Makefile
 	touch $@
 
 # The Debian peers the tests run against (dciodvfy, DCMTK, Orthanc with its
-# DICOMweb plugin, Chromium for the browser tests). Installed
+# DICOMweb plugin, Chromium for the browser tests, PostgreSQL and Redis for the
+# several-process node). Installed
 # only when running as root; the tests that need them skip with a reason otherwise.
 peers:
 	@missing=""; \
@@ -32,6 +33,8 @@ peers:
 	command -v Orthanc >/dev/null 2>&1 || missing="$$missing orthanc"; \
 	test -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so || missing="$$missing orthanc-dicomweb"; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium fonts-dejavu-core"; \
+	ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	if [ -n "$$missing" ] && [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
 		echo "installing Debian peers:$$missing"; \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null) \
@@ -49,6 +52,7 @@ test: $(STAMP) peers
 lint: $(STAMP)
 	$(BIN)/ruff check node dicom_io model segnode_errors tests scripts bench
 	$(BIN)/hadolint Dockerfile
+	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec deploy/compose.yaml
 
 # Every speed and memory target in one table next to its peer, also written to
 # .bench/summary.json (about 30 minutes on 2 cores; the receive part needs root).

@@ -155,7 +155,7 @@ def _configure_logging(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    for noisy in ("pydicom", "highdicom", "PIL", "matplotlib"):
+    for noisy in ("pydicom", "highdicom", "PIL", "matplotlib", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # pynetdicom logs every PDU at INFO/DEBUG; segnode logs each association once.
     logging.getLogger("pynetdicom").setLevel(logging.INFO if verbose else logging.WARNING)

@@ -14,6 +14,7 @@ working directory.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -245,6 +246,23 @@ class StorageConfig(_Strict):
     retention_days: float = Field(default=7.0, ge=0)
 
 
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _from_environment(value: Any) -> Any:
+    """``${NAME}`` in a secret-bearing value, replaced from the environment."""
+    if not isinstance(value, str):
+        return value
+
+    def lookup(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in os.environ:
+            raise ValueError(f"environment variable {name} is not set")
+        return os.environ[name]
+
+    return _ENV_REFERENCE.sub(lookup, value)
+
+
 _DATABASE_URL = re.compile(r"^(sqlite:///.+|postgresql(\+psycopg)?://.+)$")
 
 
@@ -254,6 +272,8 @@ class DatabaseConfig(_Strict):
     #: ``sqlite:///PATH`` or ``postgresql://user:password@host:port/db``; null is SQLite at
     #: ``var/segnode.db``.
     url: str | None = None
+
+    _expand = field_validator("url", mode="before")(_from_environment)
 
     @field_validator("url")
     @classmethod
@@ -277,6 +297,8 @@ class QueueConfig(_Strict):
     #: A queued job not taken by any worker this long after it was published is
     #: published again (a broker restarted without its messages loses nothing).
     republish_after_s: float = Field(default=300.0, ge=5)
+
+    _expand = field_validator("broker_url", mode="before")(_from_environment)
 
     @model_validator(mode="after")
     def _broker_for_celery(self) -> QueueConfig:
@@ -330,6 +352,7 @@ class WebConfig(_Strict):
     show_patient_names: bool = False
 
     _check_host = field_validator("host")(_listen_address)
+    _expand = field_validator("token", mode="before")(_from_environment)
 
     @model_validator(mode="after")
     def _token_off_loopback(self) -> WebConfig:
