@@ -10,7 +10,7 @@ TORCH_PINS  := torch==2.14.1 torchvision==0.29.1
 STAMP       := $(VENV)/.segnode-installed
 DEMO_OUT    ?= out/demo
 
-.PHONY: all setup run test test-fast lint peers clean demo-model bench bench-receive bench-inference bench-e2e bench-overhead bench-stitch bench-seg
+.PHONY: all setup run test test-fast lint peers clean demo-model bench bench-receive bench-inference bench-e2e bench-overhead bench-stitch bench-seg bench-scale
 
 all: test
 
@@ -74,6 +74,11 @@ bench-overhead: $(STAMP) peers
 # `segnode segment` next to MRSegmentator 2.0's DICOM path (installs it into .bench/).
 bench-e2e: $(STAMP)
 	$(BIN)/python bench/end_to_end.py --json .bench/end_to_end.json
+
+# Series per hour with 1 and 2 Celery workers and queue latency under a burst of 50 series
+# (PostgreSQL, Redis and the workers on this machine; about 5 minutes).
+bench-scale: $(STAMP) peers
+	$(BIN)/python bench/scale_out.py --json .bench/scale_out.json
 
 # Stitching time and peak memory of a NAKO-sized 4-station case next to plain SimpleITK.
 bench-stitch: $(STAMP)

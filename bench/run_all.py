@@ -13,7 +13,9 @@ reason, never left out.
 - ``bench/seg_write.py``: DICOM-SEG writing against dcmqi;
 - ``bench/receive.py``: receiving against DCMTK storescp (root);
 - ``bench/node_overhead.py``: last instance in to SEG and SR at Orthanc, minus the
-  network's forward passes (root; its "peer" is the target itself).
+  network's forward passes (root; its "peer" is the target itself);
+- ``bench/scale_out.py``: series per hour with 2 Celery workers next to 1, and the
+  queue latency under a burst of 50 series (PostgreSQL and Redis; no target, reported).
 
 Usage (about 30 minutes on 2 cores): ``.venv/bin/python bench/run_all.py
 [--only NAME ...] [--tile-step S] [--table-only]``
@@ -31,7 +33,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / ".bench"
-BENCHES = ("end_to_end", "inference", "seg_write", "receive", "node_overhead")
+BENCHES = ("end_to_end", "inference", "seg_write", "receive", "node_overhead", "scale_out")
 
 
 @dataclass
@@ -136,9 +138,21 @@ def _node_overhead(data: dict) -> list[Row]:
                 f" s, of which network {median.get('network_s', 0):.1f} s")]
 
 
+def _scale_out(data: dict) -> list[Row]:
+    one, two = ({c["workers"]: c for c in data["cases"]}[k] for k in (1, 2))
+    peer = "segnode, 1 worker"
+    return [
+        Row(f"burst of {two['series']}: series per hour", two["series_per_hour"],
+            one["series_per_hour"], peer, "reported", None, "2 workers, CPU, demo model"),
+        Row("burst: queue latency p95 s", two["latency_p95_s"], one["latency_p95_s"], peer,
+            "reported", None, f"median {two['latency_median_s']:.1f} s vs "
+                              f"{one['latency_median_s']:.1f} s"),
+    ]
+
+
 READERS: dict[str, Callable[[object], list[Row]]] = {
     "end_to_end": _end_to_end, "inference": _inference, "seg_write": _seg_write,
-    "receive": _receive, "node_overhead": _node_overhead,
+    "receive": _receive, "node_overhead": _node_overhead, "scale_out": _scale_out,
 }
 
 

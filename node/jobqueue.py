@@ -60,6 +60,7 @@ class Job:
     finished_at: float | None
     priority: int = 1
     lease_owner: str = ""
+    published_at: float | None = None
 
 
 class JobQueue(Protocol):
@@ -84,7 +85,7 @@ def _job(row: Any) -> Job:
         state=row.state, attempts=row.attempts, reason=row.reason or "",
         result=json.loads(row.result) if row.result else {}, output_dir=row.output_dir or "",
         created_at=row.created_at, started_at=row.started_at, finished_at=row.finished_at,
-        priority=row.priority, lease_owner=row.lease_owner,
+        priority=row.priority, lease_owner=row.lease_owner, published_at=row.published_at,
     )
 
 

@@ -1,10 +1,12 @@
-"""Several processes as one node: a receiver, two Celery workers, PostgreSQL, Redis, Orthanc.
+"""One node in two shapes, the same tests: several processes, and one process.
 
-Everything runs in one private network namespace: PostgreSQL (a throwaway
-cluster), Redis (no persistence), Orthanc as the PACS, ``segnode serve --role
-receiver --role dispatcher`` and two ``segnode worker`` processes sharing the
-spool and output folders. The test itself reads the catalogue over
-PostgreSQL's Unix socket. Phantom series go in with DCMTK ``storescu``.
+``celery``: PostgreSQL (a throwaway cluster), Redis (no persistence),
+``segnode serve --role receiver --role dispatcher`` and two ``segnode worker``
+processes sharing the spool and output folders. ``sqlite``: one ``segnode
+serve`` on the embedded SQLite catalogue and queue, with two in-process
+workers (``processing.device: [cpu, cpu]``). Both send to Orthanc, all in one
+private network namespace; phantom series go in with DCMTK ``storescu``. The
+test reads the catalogue itself (PostgreSQL over its Unix socket).
 """
 
 from __future__ import annotations
@@ -38,19 +40,20 @@ from tests.servers import PostgreSQL, Redis, postgresql_available, redis_availab
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
-_REASON = (netns_available() or orthanc_available() or dcmtk_available("storescu")
-           or postgresql_available() or redis_available())
+_REASON_SINGLE = netns_available() or orthanc_available() or dcmtk_available("storescu")
+_REASON = _REASON_SINGLE or postgresql_available() or redis_available()
 
 
 @dataclass
 class Cluster:
     """The servers and node processes of one test module."""
 
+    topology: str
     ns: NetNamespace
     root: Path
     orthanc: Orthanc
-    postgres: PostgreSQL
-    redis: Redis
+    postgres: PostgreSQL | None
+    redis: Redis | None
     port: int
     config_path: Path
     catalogue: Catalogue
@@ -67,8 +70,12 @@ class Cluster:
 
     def start_worker(self, name: str) -> None:
         assert self.workers is not None
-        self.workers[name] = self.start_process(name, "worker", "--device", "cpu",
-                                                "--name", name)
+        if self.topology == "sqlite":  # the node itself, with its in-process workers
+            self.workers[name] = self.start_process(name, "serve")
+            self.ns.wait_listening([self.port], timeout=180, process=self.workers[name])
+        else:
+            self.workers[name] = self.start_process(name, "worker", "--device", "cpu",
+                                                    "--name", name)
 
     def log(self, name: str) -> str:
         return (self.root / f"{name}.log").read_text(errors="replace")[-3000:]
@@ -92,9 +99,16 @@ class Cluster:
             return None
 
         jobs = poll_until(finished, timeout=timeout, interval=0.5)
-        assert jobs, (self.queue.counts(), self.log("receiver")[-1500:],
-                      self.log("w1")[-1500:], self.log("w2")[-1500:])
+        assert jobs, (self.queue.counts(), *(self.log(name)[-1500:] for name in self.logs))
         return jobs
+
+    @property
+    def logs(self) -> list[str]:
+        return sorted(path.stem for path in self.root.glob("*.log"))
+
+    def worker_names(self) -> set[str]:
+        """What job results name their workers by."""
+        return {"1", "2"} if self.topology == "sqlite" else {"w1", "w2"}
 
 
 def _outputs(job: Job) -> list[str]:
@@ -104,16 +118,29 @@ def _outputs(job: Job) -> list[str]:
             for path in job.result.get("outputs", [])]
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    if _REASON:
-        pytest.skip(_REASON)
-    root = tmp_path_factory.mktemp("distributed")
+@pytest.fixture(scope="module", params=["celery", "sqlite"])
+def cluster(request: pytest.FixtureRequest,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    topology = request.param
+    reason = _REASON if topology == "celery" else _REASON_SINGLE
+    if reason:
+        pytest.skip(reason)
+    root = tmp_path_factory.mktemp(topology)
     with NetNamespace() as ns:
         orthanc = Orthanc(root / "orthanc", netns=ns).start()
-        postgres = PostgreSQL(netns=ns).start()
-        redis = Redis(netns=ns).start()
+        postgres = PostgreSQL(netns=ns).start() if topology == "celery" else None
+        redis = Redis(netns=ns).start() if topology == "celery" else None
         port = ns.free_port()
+        if postgres is not None and redis is not None:
+            shape = {"database": {"url": postgres.url},
+                     "queue": {"backend": "celery", "broker_url": redis.url, "lease_s": 6,
+                               "republish_after_s": 20},
+                     "processing": {"device": "cpu", "tile_step_size": 1.0}}
+            catalogue_url = postgres.socket_url
+        else:
+            catalogue_url = f"sqlite:///{root / 'segnode.db'}"
+            shape = {"database": {"url": catalogue_url},
+                     "processing": {"device": ["cpu", "cpu"], "tile_step_size": 1.0}}
         config_path = root / "config.yaml"
         config_path.write_text(yaml.safe_dump({
             "node": {"ae_title": "SEGNODE", "host": "127.0.0.1", "port": port},
@@ -128,31 +155,32 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                         "output_dir": str(root / "shared" / "outputs"),
                         "quarantine_dir": str(root / "shared" / "quarantine"),
                         "models_dir": str(root / "models")},
-            "database": {"url": postgres.url},
-            "queue": {"backend": "celery", "broker_url": redis.url, "lease_s": 6,
-                      "republish_after_s": 20},
-            "processing": {"device": "cpu", "tile_step_size": 1.0},
             "web": {"enabled": False},
+            **shape,
         }))
-        catalogue = Catalogue(postgres.socket_url)
-        cluster = Cluster(ns, root, orthanc, postgres, redis, port, config_path, catalogue,
-                          SqlJobQueue(catalogue), workers={})
+        catalogue = Catalogue(catalogue_url)
+        cluster = Cluster(topology, ns, root, orthanc, postgres, redis, port, config_path,
+                          catalogue, SqlJobQueue(catalogue), workers={})
         try:
-            cluster.receiver = cluster.start_process("receiver", "serve", "--role", "receiver",
-                                                     "--role", "dispatcher")
-            cluster.start_worker("w1")
-            cluster.start_worker("w2")
-            ns.wait_listening([port], timeout=180, process=cluster.receiver)
-            assert poll_until(lambda: sum(key.startswith("worker:") and bool(value)
-                                          for key, value in catalogue.get_state().items()) == 2,
-                              timeout=180, interval=0.5), cluster.log("w1") + cluster.log("w2")
+            if topology == "sqlite":
+                cluster.start_worker("node")
+            else:
+                cluster.receiver = cluster.start_process(
+                    "receiver", "serve", "--role", "receiver", "--role", "dispatcher")
+                cluster.start_worker("w1")
+                cluster.start_worker("w2")
+                ns.wait_listening([port], timeout=180, process=cluster.receiver)
+                assert poll_until(lambda: sum(key.startswith("worker:") and bool(value) for
+                                              key, value in catalogue.get_state().items()) == 2,
+                                  timeout=180, interval=0.5), cluster.log("w1") + cluster.log("w2")
             yield cluster
         finally:
             for proc in [*(cluster.workers or {}).values(), cluster.receiver]:
                 stop_process(proc, timeout=30)
             catalogue.close()
-            redis.close()
-            postgres.close()
+            for server in (redis, postgres):
+                if server is not None:
+                    server.close()
             orthanc.close()
 
 
@@ -163,7 +191,7 @@ def test_twenty_series_are_each_processed_once_by_two_workers(cluster: Cluster,
         cluster.send(series)
     jobs = cluster.wait_done(batch, timeout=600)
     assert sorted(job.attempts for job in jobs) == [1] * 20  # each claimed once
-    assert {job.result["worker"] for job in jobs} == {"w1", "w2"}  # both took a share
+    assert {job.result["worker"] for job in jobs} == cluster.worker_names()  # both took a share
     outputs = [uid for job in jobs for uid in _outputs(job)]
     assert len(outputs) == 40 and len(set(outputs)) == 40  # one SEG and one SR per series
     assert set(outputs) <= cluster.orthanc.sop_instance_uids()
@@ -183,17 +211,22 @@ def test_a_killed_workers_job_completes_on_the_other(cluster: Cluster, tmp_path:
                   if f":{proc.pid}:" in running.lease_owner)
     os.kill(cluster.workers[victim].pid, signal.SIGKILL)
     cluster.workers[victim].wait(30)
+    if cluster.topology == "sqlite":
+        cluster.start_worker(victim)  # the one process: its restart queues the job again
     [job] = cluster.wait_done([series], timeout=240)
-    survivor = ({"w1", "w2"} - {victim}).pop()
-    assert job.attempts == 2 and job.result["worker"] == survivor
+    assert job.attempts == 2
+    if cluster.topology == "celery":  # the other worker took it over, while the first was down
+        assert job.result["worker"] == ({"w1", "w2"} - {victim}).pop()
+        cluster.start_worker(victim)
     seg_and_sr = _outputs(job)
     assert len(seg_and_sr) == 2
     at_orthanc = [uid for uid in cluster.orthanc.sop_instance_uids() if uid in seg_and_sr]
     assert sorted(at_orthanc) == sorted(seg_and_sr)  # exactly one copy of each output
-    cluster.start_worker(victim)
 
 
+@pytest.mark.parametrize("cluster", ["celery"], indirect=True)  # the broker's topology
 def test_a_broker_outage_delays_jobs_and_loses_nothing(cluster: Cluster, tmp_path: Path) -> None:
+    assert cluster.redis is not None
     cluster.redis.stop()
     batch = [write_phantom(tmp_path, f"outage{n}") for n in range(3)]
     for series in batch:

@@ -136,3 +136,35 @@ def test_concurrent_claimers_never_take_the_same_job(database_url: str, clock: F
     queue = SqlJobQueue(first)
     assert {job.attempts for job in queue.list(limit=100)} == {1}
     first.close()
+
+
+def test_claims_take_urgent_jobs_first_then_the_oldest(queue: SqlJobQueue,
+                                                       clock: FakeClock) -> None:
+    batch = queue.enqueue("1.1", rule="r", model=None, seg_type="binary", destinations=(),
+                          priority=0)
+    first = _enqueue(queue, "1.2", clock)
+    urgent = queue.enqueue("1.3", rule="r", model=None, seg_type="binary", destinations=(),
+                           priority=2)
+    second = _enqueue(queue, "1.4", clock)
+    order = [queue.claim().id for _ in range(4)]  # type: ignore[union-attr]
+    assert order == [urgent, first, second, batch]
+
+
+def test_a_lease_that_runs_out_puts_the_job_back(queue: SqlJobQueue, clock: FakeClock) -> None:
+    job_id = _enqueue(queue, "2.1", clock)
+    claimed = queue.claim("hostA:11:cpu", lease_s=30)
+    assert claimed is not None and claimed.lease_owner == "hostA:11:cpu"
+    assert queue.claim_job(job_id, "hostB:12:cpu", 30) is None  # running: not taken twice
+    clock.advance(20)
+    assert queue.renew(job_id, "hostA:11:cpu", 30)  # renewed: now good until +50
+    assert not queue.renew(job_id, "hostB:12:cpu", 30)  # only its holder renews it
+    clock.advance(29)
+    assert queue.requeue_expired() == []
+    clock.advance(2)
+    assert queue.requeue_expired() == [job_id]
+    again = queue.get(job_id)
+    assert again is not None and (again.state, again.lease_owner, again.published_at) == (
+        "queued", "", None)
+    assert not queue.renew(job_id, "hostA:11:cpu", 30)  # the dead worker's lease is gone
+    taken = queue.claim_job(job_id, "hostB:12:cpu", 30)
+    assert taken is not None and taken.attempts == 2
