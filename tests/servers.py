@@ -24,7 +24,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.peers import NetNamespace, _ServerProcess, free_local_port, stop_process
+from tests.peers import (
+    NetNamespace,
+    _pdeathsig_prefix,
+    _ServerProcess,
+    free_local_port,
+    stop_process,
+)
 
 __all__ = ["PostgreSQL", "Redis", "postgresql_available", "redis_available"]
 
@@ -54,10 +60,11 @@ def redis_available() -> str | None:
 
 
 def _as_server_user(argv: list[str]) -> list[str]:
-    """``argv`` run as the ``postgres`` user when this process is root."""
+    """``argv`` run as the ``postgres`` user when this process is root; dies with pytest."""
     if os.geteuid() != 0:
-        return argv
-    return ["setpriv", "--reuid=postgres", "--regid=postgres", "--clear-groups", "--", *argv]
+        return [*_pdeathsig_prefix(), *argv]
+    return ["setpriv", "--reuid=postgres", "--regid=postgres", "--clear-groups",
+            "--pdeathsig=TERM", "--", *argv]
 
 
 def _wait_for_socket(path: Path, proc: subprocess.Popen, what: str, log: Path,
@@ -179,8 +186,9 @@ class Redis(_ServerProcess):
 
     def start(self, timeout: float = 30.0) -> Redis:
         """Start the server (again after :meth:`stop`, empty)."""
-        argv = ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port),
-                "--unixsocket", str(self.socket), "--unixsocketperm", "777", "--save", "",
+        argv = [*_pdeathsig_prefix(), "redis-server", "--bind", "127.0.0.1",
+                "--port", str(self.port), "--unixsocket", str(self.socket),
+                "--unixsocketperm", "777", "--save", "",
                 "--appendonly", "no", "--dir", str(self.root), "--daemonize", "no"]
         with self.log_path.open("ab") as log:
             popen = self.netns.popen if self.netns is not None else subprocess.Popen

@@ -19,12 +19,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pydicom
 import pytest
 import yaml
 
+from dicom_io.phantom_series import write_series
+from model.phantom import Phantom, make_grid
 from node.catalogue import Catalogue
 from node.jobqueue import Job, SqlJobQueue
-from tests.node.test_node_e2e import Series, write_phantom
+from tests.node.test_node_e2e import Series
 from tests.peers import (
     NetNamespace,
     Orthanc,
@@ -86,12 +89,14 @@ class Cluster:
         assert result.returncode == 0, result.stdout + result.stderr
 
     def jobs_of(self, series: Series) -> list[Job]:
+        """Every job of the series (more than one if it was found complete too early)."""
         return [job for job in self.queue.list(limit=1000) if job.series_uid == series.series_uid]
 
     def wait_done(self, batch: list[Series], timeout: float) -> list[Job]:
         """Every series of ``batch`` has one job, done, and its SEG and SR are in Orthanc."""
         def finished() -> list[Job] | None:
             jobs = [job for s in batch for job in self.jobs_of(s)]
+            assert len(jobs) <= len(batch), f"a series was found complete twice: {jobs}"
             if len(jobs) == len(batch) and all(job.state == "done" for job in jobs):
                 sent = {uid for job in jobs for uid in _outputs(job)}
                 if sent <= self.orthanc.sop_instance_uids():
@@ -109,6 +114,17 @@ class Cluster:
     def worker_names(self) -> set[str]:
         """What job results name their workers by."""
         return {"1", "2"} if self.topology == "sqlite" else {"w1", "w2"}
+
+
+def write_small_phantom(root: Path, name: str) -> Series:
+    """An abdomen-sized MR phantom (one network patch of the demo model: quick to segment)."""
+    seed = sum(map(ord, name))
+    grid = make_grid("axial", (8.0, 4.0, 4.0), fov_mm=(192.0, 256.0, 256.0))
+    image, _ = Phantom(seed=seed, jitter=0.5).sample(grid, modality="MR")
+    paths = write_series(image, root / name, modality="MR", uid_seed=f"distributed-{name}",
+                         series_description=f"distributed {name}")
+    uid = str(pydicom.dcmread(paths[0], stop_before_pixels=True).SeriesInstanceUID)
+    return Series(root / name, tuple(paths), uid)
 
 
 def _outputs(job: Job) -> list[str]:
@@ -149,7 +165,8 @@ def cluster(request: pytest.FixtureRequest,
                               "port": orthanc.dicom_port}],
             "rules": [{"name": "mr", "match": {"modality": ["MR"]}, "whole_study": False,
                        "destinations": ["pacs"]}],
-            "timing": {"series_quiet_s": 1, "poll_interval_s": 0.2,
+            # 3 s: storescu can pause over a second while two workers load both cores.
+            "timing": {"series_quiet_s": 3, "poll_interval_s": 0.2,
                        "retry": {"initial_delay_s": 0.5, "max_delay_s": 2}},
             "storage": {"min_free_disk_mb": 0, "spool_dir": str(root / "shared" / "spool"),
                         "output_dir": str(root / "shared" / "outputs"),
@@ -186,7 +203,7 @@ def cluster(request: pytest.FixtureRequest,
 
 def test_twenty_series_are_each_processed_once_by_two_workers(cluster: Cluster,
                                                               tmp_path: Path) -> None:
-    batch = [write_phantom(tmp_path, f"burst{n:02d}") for n in range(20)]
+    batch = [write_small_phantom(tmp_path, f"burst{n:02d}") for n in range(20)]
     for series in batch:
         cluster.send(series)
     jobs = cluster.wait_done(batch, timeout=600)
@@ -195,6 +212,13 @@ def test_twenty_series_are_each_processed_once_by_two_workers(cluster: Cluster,
     outputs = [uid for job in jobs for uid in _outputs(job)]
     assert len(outputs) == 40 and len(set(outputs)) == 40  # one SEG and one SR per series
     assert set(outputs) <= cluster.orthanc.sop_instance_uids()
+    status = cluster.ns.run([sys.executable, "-m", "node.cli", "status", "--config",
+                             str(cluster.config_path)], capture_output=True, text=True,
+                            timeout=120, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert status.returncode == 0, status.stdout + status.stderr
+    shown = sorted(line.split(":")[0].removeprefix("worker ") for line in
+                   status.stdout.splitlines() if line.startswith("worker "))
+    assert shown == sorted(cluster.worker_names()), status.stdout
 
 
 def test_a_killed_workers_job_completes_on_the_other(cluster: Cluster, tmp_path: Path) -> None:
@@ -228,7 +252,7 @@ def test_a_killed_workers_job_completes_on_the_other(cluster: Cluster, tmp_path:
 def test_a_broker_outage_delays_jobs_and_loses_nothing(cluster: Cluster, tmp_path: Path) -> None:
     assert cluster.redis is not None
     cluster.redis.stop()
-    batch = [write_phantom(tmp_path, f"outage{n}") for n in range(3)]
+    batch = [write_small_phantom(tmp_path, f"outage{n}") for n in range(3)]
     for series in batch:
         cluster.send(series)  # receiving goes on without the broker
 
