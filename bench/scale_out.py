@@ -112,8 +112,7 @@ def run_case(workers: int, folders: list[Path], work: Path) -> dict:
         procs += [_segnode(root, config, f"w{n}", "worker", "--device", "cpu", "--name", f"w{n}")
                   for n in range(1, workers + 1)]
         catalogue = Catalogue(postgres.socket_url)
-        ready = poll_until(lambda: sum(k.startswith("worker:") and bool(v)
-                                       for k, v in catalogue.get_state().items()) == workers,
+        ready = poll_until(lambda: len(catalogue.worker_processes(fresh_s=30)) == workers,
                            timeout=300, interval=0.5)
         if not ready:
             raise BenchError(f"{workers} worker(s) did not come up; see {root}")

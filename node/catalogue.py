@@ -22,6 +22,7 @@ Tables
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,6 +40,7 @@ __all__ = [
     "InstanceRecord",
     "SeriesRow",
     "StoreOutcome",
+    "WORKER_STATE_PREFIX",
     "metadata",
 ]
 
@@ -147,6 +149,9 @@ node_state = sa.Table(
     sa.Column("key", sa.String(64), primary_key=True),
     sa.Column("value", sa.Text, nullable=False),
 )
+
+#: Catalogue state keys of ``segnode worker`` processes: ``worker:<pid>@<host>``.
+WORKER_STATE_PREFIX = "worker:"
 
 #: Series states: still receiving; waiting for the rest of its study (a rule
 #: with whole_study took it); complete (a decision was taken, a job queued).
@@ -524,6 +529,20 @@ class Catalogue:
         """Every key/value fact the node stored."""
         with self.engine.connect() as db:
             return {row.key: row.value for row in db.execute(sa.select(node_state))}
+
+    def worker_processes(self, fresh_s: float) -> list[dict[str, Any]]:
+        """The ``segnode worker`` processes whose heartbeat is under ``fresh_s`` old.
+
+        Each writes ``worker:<pid>@<host>`` (:mod:`node.worker_process`): its
+        name, device, memory, running job and heartbeat time.
+        """
+        found = []
+        for key, value in sorted(self.get_state().items()):
+            if key.startswith(WORKER_STATE_PREFIX) and value:
+                entry = json.loads(value)
+                if time.time() - float(entry.get("heartbeat_at", 0)) < fresh_s:
+                    found.append(entry)
+        return found
 
 
 def _series_row(row: Any) -> SeriesRow:

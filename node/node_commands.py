@@ -130,7 +130,7 @@ def status(args: argparse.Namespace) -> int:
     _write("series:    " + (", ".join(f"{n} {s}" for s, n in
                                      sorted(catalogue.series_counts().items())) or "none"))
     workers = json.loads(state.get("workers") or "[]") if up else []
-    workers += _worker_processes(state, fresh_s=max(10.0, 5 * config.timing.poll_interval_s))
+    workers += catalogue.worker_processes(fresh_s=max(10.0, 5 * config.timing.poll_interval_s))
     for worker in workers:
         _write(f"worker {worker['worker']}:  {worker['memory'] or worker['device']}; "
                + _running_line(queue, worker["job"]))
@@ -147,17 +147,6 @@ def status(args: argparse.Namespace) -> int:
         _write(f"  {line}")
     catalogue.close()
     return 0 if up else 1
-
-
-def _worker_processes(state: dict[str, str], fresh_s: float) -> list[dict]:
-    """The ``segnode worker`` processes whose heartbeat is recent, from the catalogue's state."""
-    found = []
-    for key, value in sorted(state.items()):
-        if key.startswith("worker:") and value:
-            entry = json.loads(value)
-            if time.time() - float(entry.get("heartbeat_at", 0)) < fresh_s:
-                found.append(entry)
-    return found
 
 
 def _running_line(queue: SqlJobQueue, job_id: int | None) -> str:

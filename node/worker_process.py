@@ -20,20 +20,16 @@ import time
 from typing import Any
 
 from model.device import worker_devices
-from node.catalogue import Catalogue
+from node.catalogue import WORKER_STATE_PREFIX, Catalogue
 from node.celery_app import QUEUE_NAME, make_app
 from node.config import NodeConfig
 from node.jobqueue import SqlJobQueue
 from node.outbox import Outbox
 from node.worker import Worker
 
-__all__ = ["WorkerProcess", "WORKER_STATE_PREFIX"]
+__all__ = ["WorkerProcess"]
 
 logger = logging.getLogger(__name__)
-
-#: Catalogue state keys of worker processes: ``worker:<pid>@<host>``.
-WORKER_STATE_PREFIX = "worker:"
-
 
 class WorkerProcess:
     """One ``segnode worker``.

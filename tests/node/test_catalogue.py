@@ -321,3 +321,18 @@ def test_a_late_instance_sends_a_waiting_series_back_to_receiving(catalogue: Cat
     assert catalogue.get_series(SERIES)["state"] == "waiting"
     _send(catalogue, clock, ["1.4"])
     assert catalogue.get_series(SERIES)["state"] == "receiving"
+
+
+def test_worker_processes_are_the_ones_with_a_fresh_heartbeat(catalogue: Catalogue) -> None:
+    import json
+    import time
+
+    now = time.time()
+    catalogue.set_state(**{
+        "worker:11@gpu1": json.dumps({"worker": "gpu1/cuda:0", "device": "cuda:0", "job": 4,
+                                      "memory": "", "heartbeat_at": now - 1}),
+        "worker:12@gpu2": json.dumps({"worker": "gpu2/cuda:0", "device": "cuda:0", "job": None,
+                                      "memory": "", "heartbeat_at": now - 120}),
+        "worker:13@gpu3": "",  # stopped cleanly
+    })
+    assert [w["worker"] for w in catalogue.worker_processes(fresh_s=30)] == ["gpu1/cuda:0"]

@@ -187,8 +187,7 @@ def cluster(request: pytest.FixtureRequest,
                 cluster.start_worker("w1")
                 cluster.start_worker("w2")
                 ns.wait_listening([port], timeout=180, process=cluster.receiver)
-                assert poll_until(lambda: sum(key.startswith("worker:") and bool(value) for
-                                              key, value in catalogue.get_state().items()) == 2,
+                assert poll_until(lambda: len(catalogue.worker_processes(fresh_s=30)) == 2,
                                   timeout=180, interval=0.5), cluster.log("w1") + cluster.log("w2")
             yield cluster
         finally:
