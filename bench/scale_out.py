@@ -16,9 +16,11 @@ association each: the burst. From the catalogue's job rows:
 
 Series per hour is N / (last finished - first created) x 3600. The queue
 latency is started - created per job (median, 95th percentile, maximum).
-K = 1, then 2, on fresh servers; the table puts them side by side. On a
-2-core machine the two workers and the receiver share the same cores, so the
-second worker buys less than it would on a second GPU.
+K = 1, then 2, on fresh servers; the table puts them side by side. Each
+worker gets cores / K torch threads (``--threads``), as a site running CPU
+workers side by side should set them. On a 2-core machine the two workers
+and the receiver share the same cores, so the second worker buys less than
+it would on a second GPU.
 
 Usage (about 5 minutes on 2 cores): ``.venv/bin/python bench/scale_out.py
 [--series N] [--json FILE]``
@@ -29,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -94,6 +97,11 @@ def _segnode(root: Path, config: Path, name: str, *args: str) -> subprocess.Pope
                             env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
 def _percentile(values: Sequence[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
@@ -109,13 +117,14 @@ def run_case(workers: int, folders: list[Path], work: Path) -> dict:
         port = free_local_port()
         config = _config(root, port, postgres, redis)
         procs.append(_segnode(root, config, "receiver", "serve", "--role", "receiver"))
-        procs += [_segnode(root, config, f"w{n}", "worker", "--device", "cpu", "--name", f"w{n}")
-                  for n in range(1, workers + 1)]
+        threads = str(max(1, len(os.sched_getaffinity(0)) // workers))  # cores shared out
+        procs += [_segnode(root, config, f"w{n}", "worker", "--device", "cpu", "--name", f"w{n}",
+                           "--threads", threads) for n in range(1, workers + 1)]
         catalogue = Catalogue(postgres.socket_url)
         ready = poll_until(lambda: len(catalogue.worker_processes(fresh_s=30)) == workers,
                            timeout=300, interval=0.5)
-        if not ready:
-            raise BenchError(f"{workers} worker(s) did not come up; see {root}")
+        if not ready or not poll_until(lambda: _listening(port), timeout=300, interval=0.5):
+            raise BenchError(f"the receiver or {workers} worker(s) did not come up; see {root}")
         for folder in folders:
             sent = subprocess.run(["storescu", "-aet", "STORESCU", "-aec", "SEGNODE", "+sd",
                                    "+r", "127.0.0.1", str(port), str(folder)],

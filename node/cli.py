@@ -112,6 +112,9 @@ def _add_node_commands(sub: argparse._SubParsersAction) -> None:
     worker.add_argument("--device", help="cpu or cuda:N (default: the first of "
                                          "processing.device)")
     worker.add_argument("--name", help="how status shows it (default HOST/DEVICE)")
+    worker.add_argument("--threads", type=int, help="torch CPU threads (default "
+                        "processing.cpu_threads, else every core; several CPU workers on one "
+                        "machine: cores / workers)")
     _config_option(worker)
     _config_option(sub.add_parser("status", help="listener, queues, device, disk, last errors"))
 

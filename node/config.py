@@ -323,6 +323,10 @@ class ProcessingConfig(_Strict):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     #: Compile each fold's network when the model is loaded (tens of seconds per fold, once).
     compile: bool = False
+    #: torch CPU threads of each worker on the CPU; null: this process's cores, shared out
+    #: among its CPU workers. Several `segnode worker` processes on one machine: set
+    #: cores / workers (`--threads`), or their threads fight over the same cores.
+    cpu_threads: int | None = Field(default=None, ge=1, le=1024)
 
     @field_validator("device")
     @classmethod

@@ -87,7 +87,7 @@ def worker(args: argparse.Namespace) -> int:
     from node.worker_process import WorkerProcess
 
     apply_logging(config.logging.format, "DEBUG" if args.verbose else config.logging.level)
-    process = WorkerProcess(config, device=args.device, name=args.name)
+    process = WorkerProcess(config, device=args.device, name=args.name, threads=args.threads)
 
     def _stop(signum: int, _frame: object) -> None:
         logger.info("signal %d: stopping after the current job", signum)

@@ -90,7 +90,8 @@ class Pipeline:
         self.engines = [
             SegmentationEngine(pack, device=settings.device, folds=settings.folds,
                                tile_step_size=settings.tile_step_size,
-                               precision=settings.precision, compile_network=settings.compile)
+                               precision=settings.precision, compile_network=settings.compile,
+                               num_threads=settings.threads)
             for pack in self.packs
         ]
         self.model_id = {

@@ -82,11 +82,16 @@ class Node:
         self.metrics = NodeMetrics(self._gauges)
         self.listener = Listener(self.config, receiver, on_closed=self._association_closed)
         self.assembler = Assembler(self.config, self.catalogue, self.queue, self.metrics)
+        devices = worker_devices(self.config.processing.device) if "worker" in self.roles else ()
+        cpu_workers = devices.count("cpu")
+        # CPU workers of one process share its cores; torch's threads are per process.
+        cpu_threads = self.config.processing.cpu_threads or (
+            max(1, len(os.sched_getaffinity(0)) // cpu_workers) if cpu_workers > 1 else None)
         self.workers = [
             Worker(self.config, self.catalogue, self.queue, self.outbox, self.metrics,
-                   device=device, name=str(number))
-            for number, device in enumerate(worker_devices(self.config.processing.device), 1)
-        ] if "worker" in self.roles else []
+                   device=device, name=str(number), cpu_threads=cpu_threads)
+            for number, device in enumerate(devices, 1)
+        ]
         self.publisher = Publisher(self.config.queue, self.queue) if (
             celery and "receiver" in self.roles) else None
         self.dispatcher = Dispatcher(self.config, self.outbox, self.metrics)

@@ -128,6 +128,9 @@ class RunSettings(BaseModel):
         native bf16, fp16 on older GPUs, else fp32), ``fp32``, ``bf16``, ``fp16``.
     compile
         Compile each fold's network at load (worth it for a long-running node).
+    threads
+        torch CPU threads (process-wide); ``None`` uses every core this
+        process may run on.
     stations
         Grouping and stitching of multi-station acquisitions.
     reports
@@ -147,6 +150,7 @@ class RunSettings(BaseModel):
     tile_step_size: float | None = Field(default=None, gt=0.0, le=1.0)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     compile: bool = False
+    threads: int | None = Field(default=None, ge=1)
     stations: StationSettings = Field(default_factory=StationSettings)
     reports: tuple[Literal["pdf", "sc"], ...] = ()
     disclaimer: str = DEFAULT_DISCLAIMER

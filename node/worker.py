@@ -52,12 +52,17 @@ class Worker:
     owner
         The name its job leases carry, unique among all workers sharing the
         catalogue (default: host, process id and ``name``).
+    cpu_threads
+        torch threads on the CPU (default ``processing.cpu_threads``, else
+        every core of the process).
     """
 
     def __init__(self, config: NodeConfig, catalogue: Catalogue, queue: SqlJobQueue,
                  outbox: Outbox, metrics: NodeMetrics | None = None, *,
-                 device: str, name: str = "1", owner: str | None = None) -> None:
+                 device: str, name: str = "1", owner: str | None = None,
+                 cpu_threads: int | None = None) -> None:
         self.device = device
+        self.cpu_threads = cpu_threads or config.processing.cpu_threads
         self.name = name
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{name}"
         self.lease_s = config.queue.lease_s
@@ -80,6 +85,7 @@ class Worker:
             models_dir=self.config.storage.models_dir, device=self.device,
             seg_type=seg_type, folds=processing.folds, tile_step_size=processing.tile_step_size,
             precision=processing.precision, compile=processing.compile,
+            threads=self.cpu_threads,
             stations=self.config.stations,
         )
 

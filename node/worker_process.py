@@ -42,10 +42,12 @@ class WorkerProcess:
         ``cpu`` or ``cuda:N``; default the first device of ``processing.device``.
     name
         How status shows it; default ``HOST/DEVICE``.
+    threads
+        torch CPU threads; default ``processing.cpu_threads``, else every core.
     """
 
     def __init__(self, config: NodeConfig, *, device: str | None = None,
-                 name: str | None = None) -> None:
+                 name: str | None = None, threads: int | None = None) -> None:
         self.config = config
         device = worker_devices(device or config.processing.device)[0]
         host = socket.gethostname()
@@ -55,7 +57,7 @@ class WorkerProcess:
         self.worker = Worker(config, self.catalogue, self.queue,
                              Outbox(self.catalogue, config.timing.retry), device=device,
                              name=name or f"{host}/{device}",
-                             owner=f"{host}:{os.getpid()}:{device}")
+                             owner=f"{host}:{os.getpid()}:{device}", cpu_threads=threads)
         self._stop = threading.Event()
         self._celery: Any = None
 

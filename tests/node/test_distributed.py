@@ -78,7 +78,7 @@ class Cluster:
             self.ns.wait_listening([self.port], timeout=180, process=self.workers[name])
         else:
             self.workers[name] = self.start_process(name, "worker", "--device", "cpu",
-                                                    "--name", name)
+                                                    "--name", name, "--threads", "1")
 
     def log(self, name: str) -> str:
         return (self.root / f"{name}.log").read_text(errors="replace")[-3000:]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import os
 import re
 import socket
 from pathlib import Path
@@ -63,6 +64,8 @@ def test_two_cpu_workers_run_two_jobs_side_by_side(tmp_path: Path) -> None:
     config_path = _config(tmp_path)
     node = Node(load_config(config_path))
     assert [(w.name, w.device) for w in node.workers] == [("1", "cpu"), ("2", "cpu")]
+    share = max(1, len(os.sched_getaffinity(0)) // 2)  # the process's cores, shared out
+    assert [w.cpu_threads for w in node.workers] == [share, share]
     for index, name in enumerate(("coronal", "oblique")):  # complete before the loops start
         _receive(node, _write_case(tmp_path, name, index).folder)
     node.start()
