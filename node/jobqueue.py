@@ -76,6 +76,14 @@ class JobQueue(Protocol):
     def requeue(self, job_id: int) -> bool: ...
 
 
+_other = jobs.alias("other")
+#: A newer version of a job waits while an older one of the same series and rule runs, so
+#: two workers never segment one series for one rule at once.
+_SAME_WORK_RUNNING = sa.exists().where(
+    _other.c.state == "running", _other.c.series_uid == jobs.c.series_uid,
+    _other.c.rule == jobs.c.rule, _other.c.id != jobs.c.id)
+
+
 def _job(row: Any) -> Job:
     return Job(
         id=row.id, series_uid=row.series_uid,
@@ -125,18 +133,29 @@ class SqlJobQueue:
         is claimed twice. ``lease_s`` > 0 gives the claim a lease to renew.
         """
         with self.catalogue.begin() as db:
-            row = db.execute(sa.select(jobs.c.id).where(jobs.c.state == "queued")
+            row = db.execute(sa.select(jobs.c.id).where(jobs.c.state == "queued",
+                                                        ~_SAME_WORK_RUNNING)
                              .order_by(jobs.c.priority.desc(), jobs.c.id).limit(1)).first()
             return None if row is None else self._take(db, row.id, owner, lease_s)
 
     def claim_job(self, job_id: int, owner: str, lease_s: float) -> Job | None:
-        """Take job ``job_id`` if it is queued; None when it is running, done, failed or unknown."""
+        """Take job ``job_id`` if it is queued; None when it is running, done, failed or unknown.
+
+        A queued job whose series and rule another job is running stays
+        queued, marked unpublished, so the publisher sends it again once the
+        other is finished.
+        """
         with self.catalogue.begin() as db:
-            return self._take(db, job_id, owner, lease_s)
+            taken = self._take(db, job_id, owner, lease_s)
+            if taken is None:
+                db.execute(jobs.update().where(jobs.c.id == job_id, jobs.c.state == "queued")
+                           .values(published_at=None))
+            return taken
 
     def _take(self, db: Connection, job_id: int, owner: str, lease_s: float) -> Job | None:
         now = self.catalogue.clock()
-        taken = db.execute(jobs.update().where(jobs.c.id == job_id, jobs.c.state == "queued")
+        taken = db.execute(jobs.update().where(jobs.c.id == job_id, jobs.c.state == "queued",
+                                               ~_SAME_WORK_RUNNING)
                            .values(state="running", attempts=jobs.c.attempts + 1,
                                    started_at=now, finished_at=None, reason="",
                                    lease_owner=owner,
@@ -168,7 +187,7 @@ class SqlJobQueue:
     def to_publish(self, republish_after_s: float, limit: int = 100) -> list[Job]:
         """Queued jobs never handed to the broker, or handed over long ago and still waiting."""
         stale = self.catalogue.clock() - republish_after_s
-        query = (sa.select(jobs).where(jobs.c.state == "queued", sa.or_(
+        query = (sa.select(jobs).where(jobs.c.state == "queued", ~_SAME_WORK_RUNNING, sa.or_(
             jobs.c.published_at.is_(None), jobs.c.published_at < stale))
             .order_by(jobs.c.priority.desc(), jobs.c.id).limit(limit))
         with self.catalogue.engine.connect() as db:

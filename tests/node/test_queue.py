@@ -168,3 +168,20 @@ def test_a_lease_that_runs_out_puts_the_job_back(queue: SqlJobQueue, clock: Fake
     assert not queue.renew(job_id, "hostA:11:cpu", 30)  # the dead worker's lease is gone
     taken = queue.claim_job(job_id, "hostB:12:cpu", 30)
     assert taken is not None and taken.attempts == 2
+
+
+def test_a_newer_job_of_a_series_waits_while_the_older_runs(queue: SqlJobQueue,
+                                                            clock: FakeClock) -> None:
+    older = _enqueue(queue, "3.1", clock)
+    assert queue.claim("a", 30).id == older  # type: ignore[union-attr]
+    newer = _enqueue(queue, "3.1", clock)  # a late instance: the series again
+    other = _enqueue(queue, "3.2", clock)
+    assert [job.id for job in queue.to_publish(republish_after_s=60)] == [other]
+    assert queue.claim("b", 30).id == other  # type: ignore[union-attr]
+    assert queue.claim("b", 30) is None  # the newer one waits...
+    queue.mark_published(newer)
+    assert queue.claim_job(newer, "b", 30) is None  # ...even when its message comes
+    waiting = queue.get(newer)
+    assert waiting is not None and (waiting.state, waiting.published_at) == ("queued", None)
+    queue.complete(older, {})
+    assert queue.claim_job(newer, "b", 30) is not None  # the older is done: it runs
