@@ -344,6 +344,15 @@ def _is_loopback(host: str) -> bool:
     return ipaddress.ip_address(host).is_loopback
 
 
+class LimitsConfig(_Strict):
+    """Bounds on what a peer may send; beyond one, the instance is quarantined with the reason."""
+
+    #: An instance larger than this (MiB) is not stored as an instance.
+    max_instance_mb: float = Field(default=2048.0, gt=0)
+    #: NumberOfFrames above this in one instance.
+    max_frames: int = Field(default=20000, ge=1)
+
+
 class WebConfig(_Strict):
     """The dashboard, JSON API, metrics and health endpoints, served by ``segnode serve``."""
 
@@ -395,6 +404,7 @@ class NodeConfig(_Strict):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     queue: QueueConfig = Field(default_factory=QueueConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
     processing: ProcessingConfig = Field(default_factory=ProcessingConfig)
     stations: StationSettings = Field(default_factory=StationSettings)
     web: WebConfig = Field(default_factory=WebConfig)

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset
 
 from node.catalogue import Catalogue, InstanceRecord
+from node.config import LimitsConfig
 from node.spool import Quarantine, Spool, check_uid
 from segnode_errors import InputRejected
 
@@ -46,12 +47,15 @@ class Receiver:
         Where instances, unreadable files and their rows go.
     reprocess_late_instances
         Whether an instance arriving in a completed series reopens it.
+    limits
+        Largest instance and most frames taken in (``limits`` of the config).
     """
 
     spool: Spool
     quarantine: Quarantine
     catalogue: Catalogue
     reprocess_late_instances: bool = True
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
 
     def receive(self, data: bytes, parse: Callable[[], Dataset], calling_ae: str) -> int:
         """Store one instance (``data`` as received, ``parse`` decodes its header).
@@ -61,11 +65,21 @@ class Receiver:
         Understand, after quarantining the bytes, when the data set cannot be
         parsed or lacks valid UIDs.
         """
+        size_mb = len(data) / 2**20
+        if size_mb > self.limits.max_instance_mb:
+            return self._quarantine(data, f"instance of {size_mb:.0f} MiB is larger than "
+                                    f"limits.max_instance_mb ({self.limits.max_instance_mb:g})",
+                                    calling_ae)
         try:
-            record_fields = _identify(parse())
+            dataset = parse()
+            record_fields = _identify(dataset)
         except Exception as exc:  # noqa: BLE001 - any parse failure is the sender's data
             return self._quarantine(data, f"not a readable DICOM instance: {_reason(exc)}",
                                     calling_ae)
+        frames = _frames(dataset)
+        if frames > self.limits.max_frames:
+            return self._quarantine(data, f"NumberOfFrames {frames} is more than "
+                                    f"limits.max_frames ({self.limits.max_frames})", calling_ae)
         try:
             with self.spool.series_guard(record_fields["series_uid"]).writing():
                 path, digest = self.spool.store(data, record_fields["study_uid"],
@@ -118,6 +132,14 @@ def _identify(ds: Dataset) -> dict[str, str]:
         "image_type": image_type.upper(),
         "manufacturer": str(ds.get("Manufacturer", "")),
     }
+
+
+def _frames(ds: Dataset) -> int:
+    """NumberOfFrames as declared (1 when absent or not a number)."""
+    try:
+        return int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError):
+        return 1
 
 
 def _reason(exc: BaseException) -> str:

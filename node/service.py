@@ -78,7 +78,7 @@ class Node:
         self.queue = SqlJobQueue(self.catalogue)
         self.outbox = Outbox(self.catalogue, self.config.timing.retry)
         receiver = Receiver(self.spool, self.quarantine, self.catalogue,
-                            self.config.timing.reprocess_late_instances)
+                            self.config.timing.reprocess_late_instances, self.config.limits)
         self.metrics = NodeMetrics(self._gauges)
         self.listener = Listener(self.config, receiver, on_closed=self._association_closed)
         self.assembler = Assembler(self.config, self.catalogue, self.queue, self.metrics)

@@ -148,3 +148,27 @@ def test_quarantine_failure_answers_out_of_resources(
     quarantine.tmp.write_bytes(b"a file where the temporary folder goes")
     assert _receiver(parts).receive(b"junk", _parse(b"junk"), "STORESCU") == 0xA700
     assert catalogue.list_quarantine() == []
+
+
+@pytest.mark.parametrize("limits, attrs, key", [
+    ({"max_instance_mb": 0.001}, {}, "limits.max_instance_mb"),  # about 1 kB
+    ({"max_frames": 100}, {"NumberOfFrames": 1_000_000}, "limits.max_frames"),
+], ids=["too large", "too many frames"])
+def test_an_instance_beyond_a_limit_is_quarantined_and_the_next_one_stored(
+    parts: tuple[Spool, Quarantine, Catalogue], limits: dict, attrs: dict, key: str,
+) -> None:
+    from node.config import LimitsConfig
+
+    spool, quarantine, catalogue = parts
+    receiver = Receiver(*parts, limits=LimitsConfig(**limits))
+    big = make_dataset(SOP, **attrs)
+    big.ImageComments = "x" * 2000
+    data = encode(big)
+    assert receiver.receive(data, _parse(data), "STORESCU") == StoreStatus.CANNOT_UNDERSTAND
+    [kept] = _quarantined(quarantine)
+    assert kept.read_bytes() == data  # nothing received is lost
+    assert key in catalogue.list_quarantine()[0]["reason"]
+    assert catalogue.instance_count() == 0
+    small = encode(make_dataset(SOP + ".2"))
+    assert receiver.receive(small, _parse(small), "STORESCU") == StoreStatus.SUCCESS
+    assert catalogue.instance_count() == 1
