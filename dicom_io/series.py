@@ -53,7 +53,17 @@ logger.addHandler(logging.NullHandler())
 _LOCALIZER_MAX_SLICES = 3
 
 
-def read_series(files: SeriesFiles, *, min_slices: int = 3) -> SeriesReadResult:
+def _refuse_oversized(stack: list[FrameInfo], max_voxels: int | None) -> None:
+    """Refuse a stack with more voxels than ``max_voxels``, before decoding it."""
+    voxels = len(stack) * stack[0].rows * stack[0].columns
+    if max_voxels is not None and voxels > max_voxels:
+        raise InputRejected(f"{len(stack)} slices of {stack[0].rows} x {stack[0].columns} are "
+                            f"{voxels / 1e6:.1f} M voxels, more than the limit of "
+                            f"{max_voxels / 1e6:.1f} M")
+
+
+def read_series(files: SeriesFiles, *, min_slices: int = 3,
+                max_voxels: int | None = None) -> SeriesReadResult:
     """Read the files of one series into one volume per image stack.
 
     Parameters
@@ -63,6 +73,9 @@ def read_series(files: SeriesFiles, *, min_slices: int = 3) -> SeriesReadResult:
     min_slices : int, optional
         Fewest slices a stack needs to be a volume (default 3; one slice is
         always refused).
+    max_voxels : int, optional
+        Most voxels a volume may have; a larger stack is refused before its
+        pixels are decoded. No limit when omitted.
 
     Returns
     -------
@@ -87,6 +100,7 @@ def read_series(files: SeriesFiles, *, min_slices: int = 3) -> SeriesReadResult:
         stack_paths = tuple(sorted({str(paths[f.ds_index]) for f in stack}))
         try:
             _refuse_localizer(stack, stacks)
+            _refuse_oversized(stack, max_voxels)
             volumes.append(_build(key, stack, datasets, min_slices=min_slices))
         except (InputRejected, ValueError) as exc:  # ValueError: geometry hd.Volume refuses
             rejected.append(Rejection(key, f"series {key}: {exc}", stack_paths,

@@ -351,6 +351,8 @@ class LimitsConfig(_Strict):
     max_instance_mb: float = Field(default=2048.0, gt=0)
     #: NumberOfFrames above this in one instance.
     max_frames: int = Field(default=20000, ge=1)
+    #: A volume with more voxels (millions) fails its job with the reason, before decoding.
+    max_volume_megavoxels: float = Field(default=500.0, gt=0)
 
 
 class WebConfig(_Strict):

@@ -126,10 +126,12 @@ def run_series_set(pipeline: Pipeline, series_list: list[SeriesFiles], out_root:
     results: list[VolumeResult] = []
     volumes = []
     read_s: dict[int, float] = {}  # id(volume) -> its share of its series' reading time
+    limit = pipeline.settings.max_volume_megavoxels
+    max_voxels = None if limit is None else int(limit * 1e6)
     for files in series_list:
         started = time.perf_counter()
         try:
-            read = read_series(files)
+            read = read_series(files, max_voxels=max_voxels)
         except SegnodeError as exc:
             logger.error("series %s refused: %s", files.series_uid, exc)
             results.append(VolumeResult(files.series_uid, "failed", reason=str(exc)))

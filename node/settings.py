@@ -131,6 +131,9 @@ class RunSettings(BaseModel):
     threads
         torch CPU threads (process-wide); ``None`` uses every core this
         process may run on.
+    max_volume_megavoxels
+        A volume with more voxels (millions) is refused before decoding, with
+        the reason; ``None``: no limit.
     stations
         Grouping and stitching of multi-station acquisitions.
     reports
@@ -151,6 +154,7 @@ class RunSettings(BaseModel):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     compile: bool = False
     threads: int | None = Field(default=None, ge=1)
+    max_volume_megavoxels: float | None = Field(default=None, gt=0)
     stations: StationSettings = Field(default_factory=StationSettings)
     reports: tuple[Literal["pdf", "sc"], ...] = ()
     disclaimer: str = DEFAULT_DISCLAIMER

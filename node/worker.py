@@ -86,6 +86,7 @@ class Worker:
             seg_type=seg_type, folds=processing.folds, tile_step_size=processing.tile_step_size,
             precision=processing.precision, compile=processing.compile,
             threads=self.cpu_threads,
+            max_volume_megavoxels=self.config.limits.max_volume_megavoxels,
             stations=self.config.stations,
         )
 

@@ -99,6 +99,17 @@ def test_missing_slice_is_refused(tmp_path, synth):
     assert "4.000" in rejection.reason and len(rejection.paths) == 5
 
 
+def test_a_volume_over_the_voxel_limit_is_refused_before_decoding(tmp_path, synth):
+    synth.save_all(tmp_path, synth.axial_stack(UID, 6), list("abcdef"))  # 6 x 5 x 4 = 120
+    (files,) = find_series(tmp_path)
+    assert len(read_series(files, max_voxels=120).volumes) == 1
+    result = read_series(files, max_voxels=119)
+    assert result.volumes == []
+    (rejection,) = result.rejected
+    assert UID in rejection.reason and "6 slices of 5 x 4" in rejection.reason
+    assert "more than the limit" in rejection.reason and len(rejection.paths) == 6
+
+
 def test_single_slice_is_refused(tmp_path, synth):
     synth.save_all(tmp_path, synth.axial_stack(UID, 1), ["only"])
     (rejection,) = _read(tmp_path).rejected

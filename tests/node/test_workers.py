@@ -66,6 +66,8 @@ def test_two_cpu_workers_run_two_jobs_side_by_side(tmp_path: Path) -> None:
     assert [(w.name, w.device) for w in node.workers] == [("1", "cpu"), ("2", "cpu")]
     share = max(1, len(os.sched_getaffinity(0)) // 2)  # the process's cores, shared out
     assert [w.cpu_threads for w in node.workers] == [share, share]
+    settings = node.workers[0].settings_for((), "binary")
+    assert settings.max_volume_megavoxels == node.config.limits.max_volume_megavoxels == 500
     for index, name in enumerate(("coronal", "oblique")):  # complete before the loops start
         _receive(node, _write_case(tmp_path, name, index).folder)
     node.start()
