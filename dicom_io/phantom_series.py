@@ -86,14 +86,14 @@ def _common_header(
     series_uid: str,
     frame_uid: str,
     series_number: int,
-    patient: tuple[str, str],
+    patient: tuple[str, str, str],
     description: str,
 ) -> Dataset:
     """Patient, study, series, frame of reference and equipment attributes."""
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.PatientName, ds.PatientID = patient
-    ds.PatientBirthDate, ds.PatientSex = "", "O"
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate = patient
+    ds.PatientSex = "O"
     ds.StudyInstanceUID, ds.StudyDate, ds.StudyTime = study_uid, _STUDY_DATE, _STUDY_TIME
     ds.ReferringPhysicianName, ds.StudyID, ds.AccessionNumber = "", "1", ""
     ds.StudyDescription = "segnode phantom"
@@ -165,6 +165,7 @@ def write_series(
     uid_seed: str | None = None,
     patient_name: str = "Phantom^Demo",
     patient_id: str = "PHANTOM",
+    patient_birth_date: str = "",
     rescale: tuple[float, float] | None = None,
 ) -> list[Path]:
     """Write a scalar Volume as single-frame MR or CT Image Storage files.
@@ -193,8 +194,8 @@ def write_series(
         Source of the shuffled names.
     uid_seed : str, optional
         Makes every generated UID deterministic (same seed, same UIDs).
-    patient_name, patient_id : str
-        PatientName and PatientID.
+    patient_name, patient_id, patient_birth_date : str
+        PatientName, PatientID and PatientBirthDate (YYYYMMDD; empty by default).
     rescale : tuple of float, optional
         CT only: (RescaleSlope, RescaleIntercept); stored = (HU - intercept)
         / slope, rounded. Default (1, -1024).
@@ -218,7 +219,8 @@ def write_series(
     frame_uid = frame_of_reference_uid or image.frame_of_reference_uid or _uid(uid_seed, "for")
     stored, rescale = _encode_pixels(image.array, modality, rescale)
     header = _common_header(modality, study_uid, series_uid, frame_uid, series_number,
-                            (patient_name, patient_id), series_description)
+                            (patient_name, patient_id, patient_birth_date),
+                            series_description)
     _add_modality_module(header, modality, rescale)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -81,7 +81,10 @@ class Cluster:
                                                     "--name", name, "--threads", "1")
 
     def log(self, name: str) -> str:
-        return (self.root / f"{name}.log").read_text(errors="replace")[-3000:]
+        return self.log_text(name)[-3000:]
+
+    def log_text(self, name: str) -> str:
+        return (self.root / f"{name}.log").read_text(errors="replace")
 
     def send(self, series: Series) -> None:
         result = storescu(series.folder, "127.0.0.1", self.port, called_aet="SEGNODE",
@@ -116,13 +119,18 @@ class Cluster:
         return {"1", "2"} if self.topology == "sqlite" else {"w1", "w2"}
 
 
+#: Identifying data of the phantoms, which no log line may contain.
+PATIENT = {"patient_name": "Doe^Janet^Q", "patient_id": "PID-4471-Q",
+           "patient_birth_date": "19570412"}
+
+
 def write_small_phantom(root: Path, name: str) -> Series:
     """An abdomen-sized MR phantom (one network patch of the demo model: quick to segment)."""
     seed = sum(map(ord, name))
     grid = make_grid("axial", (8.0, 4.0, 4.0), fov_mm=(192.0, 256.0, 256.0))
     image, _ = Phantom(seed=seed, jitter=0.5).sample(grid, modality="MR")
     paths = write_series(image, root / name, modality="MR", uid_seed=f"distributed-{name}",
-                         series_description=f"distributed {name}")
+                         series_description=f"distributed {name}", **PATIENT)
     uid = str(pydicom.dcmread(paths[0], stop_before_pixels=True).SeriesInstanceUID)
     return Series(root / name, tuple(paths), uid)
 
@@ -218,6 +226,11 @@ def test_twenty_series_are_each_processed_once_by_two_workers(cluster: Cluster,
     shown = sorted(line.split(":")[0].removeprefix("worker ") for line in
                    status.stdout.splitlines() if line.startswith("worker "))
     assert shown == sorted(cluster.worker_names()), status.stdout
+    logs = {name: cluster.log_text(name) for name in cluster.logs}
+    for value in PATIENT.values():  # as sent, and as a log formatter might render them
+        for form in {value, value.replace("^", " "), value.split("^")[0]}:
+            leaked = [name for name, text in logs.items() if form in text]
+            assert not leaked, f"{form!r} in the logs of {leaked}"
 
 
 def test_a_killed_workers_job_completes_on_the_other(cluster: Cluster, tmp_path: Path) -> None:
