@@ -84,8 +84,8 @@ def _wait_for_socket(path: Path, proc: subprocess.Popen, what: str, log: Path,
     raise TimeoutError(f"{what} not ready after {timeout:.0f} s:\n{log.read_text()[-2000:]}")
 
 
-class PostgreSQL(_ServerProcess):
-    """A throwaway PostgreSQL cluster with one database, ``segnode``.
+class _TempServer(_ServerProcess):
+    """A server in a fresh folder of its own, on a free port of 127.0.0.1.
 
     Parameters
     ----------
@@ -93,15 +93,36 @@ class PostgreSQL(_ServerProcess):
         Namespace whose 127.0.0.1 it listens on; the host's when None.
     """
 
+    _prefix = "segnode-server-"
+    _log_name = "server.log"
+
     def __init__(self, netns: NetNamespace | None = None) -> None:
         self.netns = netns  # type: ignore[assignment]
         self._own_netns = False
-        self.root = Path(tempfile.mkdtemp(prefix="segnode-pg-"))
-        self.root.chmod(0o755)
-        self.data = self.root / "data"
-        self.log_path = self.root / "postgres.log"
+        self.root = Path(tempfile.mkdtemp(prefix=self._prefix))
+        self.log_path = self.root / self._log_name
         self.port = netns.free_port() if netns is not None else free_local_port()
         self._proc = None
+
+    def _spawn(self, argv: list[str], socket_path: Path, what: str, timeout: float) -> None:
+        """Start ``argv`` (in the namespace, if any) and wait for its Unix socket."""
+        with self.log_path.open("ab") as log:
+            popen = self.netns.popen if self.netns is not None else subprocess.Popen
+            self._proc = popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                               stdin=subprocess.DEVNULL)
+        _wait_for_socket(socket_path, self._proc, what, self.log_path, timeout)
+
+
+class PostgreSQL(_TempServer):
+    """A throwaway PostgreSQL cluster with one database, ``segnode``."""
+
+    _prefix = "segnode-pg-"
+    _log_name = "postgres.log"
+
+    def __init__(self, netns: NetNamespace | None = None) -> None:
+        super().__init__(netns)
+        self.root.chmod(0o755)
+        self.data = self.root / "data"
         self._initialised = False
 
     @property
@@ -132,12 +153,7 @@ class PostgreSQL(_ServerProcess):
         argv = _as_server_user([str(bin_dir / "postgres"), "-D", str(self.data),
                                 "-p", str(self.port), "-k", str(self.root),
                                 "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=200"])
-        with self.log_path.open("ab") as log:
-            popen = self.netns.popen if self.netns is not None else subprocess.Popen
-            self._proc = popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                               stdin=subprocess.DEVNULL)
-        _wait_for_socket(self.root / f".s.PGSQL.{self.port}", self._proc, "postgres",
-                         self.log_path, timeout)
+        self._spawn(argv, self.root / f".s.PGSQL.{self.port}", "postgres", timeout)
         if not self._initialised:
             self.psql("CREATE DATABASE segnode", database="postgres")
             self._initialised = True
@@ -156,23 +172,15 @@ class PostgreSQL(_ServerProcess):
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-class Redis(_ServerProcess):
-    """A ``redis-server`` without persistence (a restart empties it).
+class Redis(_TempServer):
+    """A ``redis-server`` without persistence (a restart empties it)."""
 
-    Parameters
-    ----------
-    netns
-        Namespace whose 127.0.0.1 it listens on; the host's when None.
-    """
+    _prefix = "segnode-redis-"
+    _log_name = "redis.log"
 
     def __init__(self, netns: NetNamespace | None = None) -> None:
-        self.netns = netns  # type: ignore[assignment]
-        self._own_netns = False
-        self.root = Path(tempfile.mkdtemp(prefix="segnode-redis-"))
-        self.log_path = self.root / "redis.log"
+        super().__init__(netns)
         self.socket = self.root / "redis.sock"
-        self.port = netns.free_port() if netns is not None else free_local_port()
-        self._proc = None
 
     @property
     def url(self) -> str:
@@ -190,11 +198,7 @@ class Redis(_ServerProcess):
                 "--port", str(self.port), "--unixsocket", str(self.socket),
                 "--unixsocketperm", "777", "--save", "",
                 "--appendonly", "no", "--dir", str(self.root), "--daemonize", "no"]
-        with self.log_path.open("ab") as log:
-            popen = self.netns.popen if self.netns is not None else subprocess.Popen
-            self._proc = popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                               stdin=subprocess.DEVNULL)
-        _wait_for_socket(self.socket, self._proc, "redis-server", self.log_path, timeout)
+        self._spawn(argv, self.socket, "redis-server", timeout)
         return self
 
     def stop(self, timeout: float = 15.0) -> None:
