@@ -86,8 +86,8 @@ class WorkerProcess:
     def stop(self) -> None:
         """Finish the current job, then return from :meth:`run`."""
         self._stop.set()
-        if self._celery is not None:
-            self._celery.should_stop = 0  # Celery's warm shutdown
+        if self._celery is not None:  # (on SIGTERM Celery's own handler does the same)
+            self._celery.stop(in_sighandler=True)  # warm shutdown: the current task ends
 
     def _run_embedded(self) -> None:
         interval = self.config.timing.poll_interval_s
