@@ -233,6 +233,11 @@ class TimingConfig(_Strict):
     #: How often the node's loops look for work.
     poll_interval_s: float = Field(default=1.0, gt=0, le=60)
 
+    @property
+    def heartbeat_fresh_s(self) -> float:
+        """A heartbeat older than this means its process is gone (5 rounds, at least 10 s)."""
+        return max(10.0, 5 * self.poll_interval_s)
+
 
 class StorageConfig(_Strict):
     """Where the node keeps what it receives, produces and knows."""

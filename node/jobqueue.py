@@ -84,6 +84,12 @@ _SAME_WORK_RUNNING = sa.exists().where(
     _other.c.rule == jobs.c.rule, _other.c.id != jobs.c.id)
 
 
+def _queued_again(reason: str) -> dict[str, Any]:
+    """The column values of a running job put back in the queue (no lease, unpublished)."""
+    return {"state": "queued", "reason": reason, "lease_owner": "", "lease_until": None,
+            "published_at": None}
+
+
 def _job(row: Any) -> Job:
     return Job(
         id=row.id, series_uid=row.series_uid,
@@ -180,8 +186,7 @@ class SqlJobQueue:
                 jobs.c.lease_until < self.catalogue.clock()))]
             if ids:
                 db.execute(jobs.update().where(jobs.c.id.in_(ids)).values(
-                    state="queued", lease_owner="", lease_until=None, published_at=None,
-                    reason="its worker stopped renewing the lease; queued again"))
+                    **_queued_again("its worker stopped renewing the lease; queued again")))
         return ids
 
     def to_publish(self, republish_after_s: float, limit: int = 100) -> list[Job]:
@@ -233,8 +238,7 @@ class SqlJobQueue:
                                                 .where(jobs.c.state == "running"))]
             if ids:
                 db.execute(jobs.update().where(jobs.c.id.in_(ids)).values(
-                    state="queued", reason="interrupted; queued again at restart",
-                    lease_owner="", lease_until=None, published_at=None))
+                    **_queued_again("interrupted; queued again at restart")))
         return ids
 
     def get(self, job_id: int) -> Job | None:

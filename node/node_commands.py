@@ -116,7 +116,7 @@ def status(args: argparse.Namespace) -> int:
     state = catalogue.get_state()
     queue, box = SqlJobQueue(catalogue), Outbox(catalogue, config.timing.retry)
     heartbeat = float(state.get("heartbeat_at") or 0)
-    fresh = time.time() - heartbeat < max(10.0, 5 * config.timing.poll_interval_s)
+    fresh = time.time() - heartbeat < config.timing.heartbeat_fresh_s
     up = _pid_alive(state.get("pid", "")) and fresh
     listener = state.get("listener", f"{config.node.ae_title}@{config.node.host}:"
                                      f"{config.node.port}")
@@ -130,7 +130,7 @@ def status(args: argparse.Namespace) -> int:
     _write("series:    " + (", ".join(f"{n} {s}" for s, n in
                                      sorted(catalogue.series_counts().items())) or "none"))
     workers = json.loads(state.get("workers") or "[]") if up else []
-    workers += catalogue.worker_processes(fresh_s=max(10.0, 5 * config.timing.poll_interval_s))
+    workers += catalogue.worker_processes(fresh_s=config.timing.heartbeat_fresh_s)
     for worker in workers:
         _write(f"worker {worker['worker']}:  {worker['memory'] or worker['device']}; "
                + _running_line(queue, worker["job"]))

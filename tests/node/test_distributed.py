@@ -23,11 +23,9 @@ import pydicom
 import pytest
 import yaml
 
-from dicom_io.phantom_series import write_series
-from model.phantom import Phantom, make_grid
 from node.catalogue import Catalogue
 from node.jobqueue import Job, SqlJobQueue
-from tests.node.test_node_e2e import Series
+from tests.node.test_node_e2e import Series, write_phantom
 from tests.peers import (
     NetNamespace,
     Orthanc,
@@ -126,18 +124,10 @@ PATIENT = {"patient_name": "Doe^Janet^Q", "patient_id": "PID-4471-Q",
 
 def write_small_phantom(root: Path, name: str) -> Series:
     """An abdomen-sized MR phantom (one network patch of the demo model: quick to segment)."""
-    seed = sum(map(ord, name))
-    grid = make_grid("axial", (8.0, 4.0, 4.0), fov_mm=(192.0, 256.0, 256.0))
-    image, _ = Phantom(seed=seed, jitter=0.5).sample(grid, modality="MR")
-    paths = write_series(image, root / name, modality="MR", uid_seed=f"distributed-{name}",
-                         series_description=f"distributed {name}", **PATIENT)
-    uid = str(pydicom.dcmread(paths[0], stop_before_pixels=True).SeriesInstanceUID)
-    return Series(root / name, tuple(paths), uid)
+    return write_phantom(root, name, fov_mm=(192.0, 256.0, 256.0), **PATIENT)
 
 
 def _outputs(job: Job) -> list[str]:
-    import pydicom
-
     return [str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
             for path in job.result.get("outputs", [])]
 

@@ -63,13 +63,15 @@ class Series:
     series_uid: str
 
 
-def write_phantom(root: Path, name: str) -> Series:
-    """A body-sized axial MR phantom at 8 x 4 x 4 mm (small enough to segment fast)."""
+def write_phantom(root: Path, name: str, *, fov_mm: tuple[float, float, float] | None = None,
+                  **patient: str) -> Series:
+    """An axial MR phantom at 8 x 4 x 4 mm (small enough to segment fast), body-sized
+    unless ``fov_mm`` says otherwise; ``patient`` goes to :func:`write_series`."""
     seed = sum(map(ord, name))
-    grid = make_grid("axial", (8.0, 4.0, 4.0))
+    grid = make_grid("axial", (8.0, 4.0, 4.0), fov_mm=fov_mm)
     image, _ = Phantom(seed=seed, jitter=0.5).sample(grid, modality="MR")
     paths = write_series(image, root / name, modality="MR", uid_seed=f"e2e-node-{name}",
-                         series_description=f"e2e {name}")
+                         series_description=f"e2e {name}", **patient)
     uid = str(pydicom.dcmread(paths[0], stop_before_pixels=True).SeriesInstanceUID)
     return Series(root / name, tuple(paths), uid)
 
