@@ -530,6 +530,13 @@ class Catalogue:
         with self.engine.connect() as db:
             return {row.key: row.value for row in db.execute(sa.select(node_state))}
 
+    def workers(self, fresh_s: float) -> list[dict[str, Any]]:
+        """Every live worker: the node's own (while its heartbeat is fresh), then the processes."""
+        state = self.get_state()
+        own_fresh = time.time() - float(state.get("heartbeat_at") or 0) < fresh_s
+        own = json.loads(state.get("workers") or "[]") if own_fresh and state.get("pid") else []
+        return own + self.worker_processes(fresh_s)
+
     def worker_processes(self, fresh_s: float) -> list[dict[str, Any]]:
         """The ``segnode worker`` processes whose heartbeat is under ``fresh_s`` old.
 

@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from node.catalogue import Catalogue
@@ -70,14 +71,19 @@ def serve(args: argparse.Namespace) -> int:
     roles = getattr(args, "roles", None)
     node = Node(config, roles=frozenset(roles)) if roles else Node(config)
 
-    def _stop(signum: int, _frame: object) -> None:
-        logger.info("signal %d: stopping", signum)
-        node.stop_event.set()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    _stop_on_signals(node.stop_event.set, "stopping")
     node.serve_forever()
     return 0
+
+
+def _stop_on_signals(stop: Callable[[], object], what: str) -> None:
+    """Call ``stop`` on SIGTERM and SIGINT, logging ``what`` happens next."""
+    def handler(signum: int, _frame: object) -> None:
+        logger.info("signal %d: %s", signum, what)
+        stop()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
 
 
 def worker(args: argparse.Namespace) -> int:
@@ -89,12 +95,7 @@ def worker(args: argparse.Namespace) -> int:
     apply_logging(config.logging.format, "DEBUG" if args.verbose else config.logging.level)
     process = WorkerProcess(config, device=args.device, name=args.name, threads=args.threads)
 
-    def _stop(signum: int, _frame: object) -> None:
-        logger.info("signal %d: stopping after the current job", signum)
-        process.stop()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    _stop_on_signals(process.stop, "stopping after the current job")
     process.run()
     return 0
 
@@ -129,8 +130,7 @@ def status(args: argparse.Namespace) -> int:
     _write("outbox:    " + ", ".join(f"{n} {s}" for s, n in box.counts().items()))
     _write("series:    " + (", ".join(f"{n} {s}" for s, n in
                                      sorted(catalogue.series_counts().items())) or "none"))
-    workers = json.loads(state.get("workers") or "[]") if up else []
-    workers += catalogue.worker_processes(fresh_s=config.timing.heartbeat_fresh_s)
+    workers = catalogue.workers(fresh_s=config.timing.heartbeat_fresh_s)
     for worker in workers:
         _write(f"worker {worker['worker']}:  {worker['memory'] or worker['device']}; "
                + _running_line(queue, worker["job"]))

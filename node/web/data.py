@@ -57,8 +57,7 @@ def overview(ctx: WebContext) -> dict[str, Any]:
         "tls_port": node.tls.port if node.tls else None,
         "listener_up": bool(state.get("pid")),
         "device": state.get("device", "-"),
-        "workers": (json.loads(state.get("workers") or "[]") if state.get("pid") else [])
-        + ctx.catalogue.worker_processes(fresh_s=ctx.config.timing.heartbeat_fresh_s),
+        "workers": ctx.catalogue.workers(fresh_s=ctx.config.timing.heartbeat_fresh_s),
         "uptime_s": round(time.time() - ctx.started_at, 1),
         "disk_free_mb": round(free_disk_mb(ctx.config.storage.spool_dir), 1),
         "min_free_disk_mb": ctx.config.storage.min_free_disk_mb,
