@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 
 from dicom_io._geometry import orthonormal_orientation
 from segnode_errors import InputRejected
@@ -65,23 +66,40 @@ def describe_frames(ds: Dataset, ds_index: int, where: str) -> list[FrameInfo]:
     ------
     InputRejected
         When a geometry attribute (position, orientation, pixel spacing) is
-        missing.
+        missing or not finite, or a header value has the wrong type or count.
     """
-    if "PerFrameFunctionalGroupsSequence" in ds:
-        return _enhanced_frames(ds, ds_index, where)
-    if _MOSAIC_COUNT_TAG in ds and "MOSAIC" in _image_type(ds):
-        return _mosaic_frames(ds, ds_index, where)
-    return [_classic_frame(ds, ds_index, where)]
+    try:
+        if "PerFrameFunctionalGroupsSequence" in ds:
+            return _enhanced_frames(ds, ds_index, where)
+        if _MOSAIC_COUNT_TAG in ds and "MOSAIC" in _image_type(ds):
+            return _mosaic_frames(ds, ds_index, where)
+        return [_classic_frame(ds, ds_index, where)]
+    except (ValueError, TypeError, IndexError, KeyError, ArithmeticError) as exc:
+        # Header values of the wrong type or shape (an empty number, a 4-value position).
+        raise InputRejected(f"{where}: unusable header values ({type(exc).__name__}: "
+                            f"{str(exc)[:200]})") from exc
 
 
 def _image_type(ds: Dataset) -> tuple[str, ...]:
     return tuple(str(v).upper() for v in ds.get("ImageType", []) or [])
 
 
+#: How many numbers each geometry attribute holds.
+_VALUE_COUNTS = {"ImagePositionPatient": 3, "ImageOrientationPatient": 6, "PixelSpacing": 2}
+
+
 def _required(item: Dataset | None, keyword: str, where: str) -> list[float]:
     if item is None or keyword not in item or item[keyword].value in (None, ""):
         raise InputRejected(f"{where}: missing {keyword}; cannot place the image in space")
-    return [float(v) for v in item[keyword].value]
+    values = item[keyword].value
+    numbers = [float(v) for v in (values if isinstance(values, MultiValue | list | tuple)
+                                  else [values])]
+    if not all(math.isfinite(v) for v in numbers):
+        raise InputRejected(f"{where}: {keyword} {numbers} is not finite")
+    expected = _VALUE_COUNTS.get(keyword)
+    if expected is not None and len(numbers) != expected:
+        raise InputRejected(f"{where}: {keyword} has {len(numbers)} values, not {expected}")
+    return numbers
 
 
 def _orientation(item: Dataset | None, where: str) -> np.ndarray:
@@ -113,6 +131,9 @@ def _classic_frame(ds: Dataset, ds_index: int, where: str) -> FrameInfo:
     )
     slope, intercept = _rescale(ds)
     spacing = _required(ds, "PixelSpacing", where)
+    rows, columns = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
+    if rows < 1 or columns < 1:
+        raise InputRejected(f"{where}: Rows x Columns is {rows} x {columns}; no image")
     return FrameInfo(
         ds_index=ds_index,
         frame=None,
@@ -120,8 +141,8 @@ def _classic_frame(ds: Dataset, ds_index: int, where: str) -> FrameInfo:
         position=np.array(_required(ds, "ImagePositionPatient", where)),
         orientation=_orientation(ds, where),
         pixel_spacing=(spacing[0], spacing[1]),
-        rows=int(ds.Rows),
-        columns=int(ds.Columns),
+        rows=rows,
+        columns=columns,
         slope=slope,
         intercept=intercept,
         group=group,
@@ -212,6 +233,9 @@ def _mosaic_frames(ds: Dataset, ds_index: int, where: str) -> list[FrameInfo]:
     count = int(ds[_MOSAIC_COUNT_TAG].value)
     per_side = math.ceil(math.sqrt(count))
     rows, cols = base.rows // per_side, base.columns // per_side
+    if count < 1 or rows < 1 or cols < 1:
+        raise InputRejected(f"{where}: a mosaic of {count} images does not fit in "
+                            f"{base.rows} x {base.columns} pixels")
     row_dir, col_dir = base.orientation[:3], base.orientation[3:]
     dy, dx = base.pixel_spacing
     first = (base.position + col_dir * dy * (base.rows - rows) / 2

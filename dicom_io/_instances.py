@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 
 from segnode_errors import InputRejected, NotSegmented
 
@@ -50,16 +49,22 @@ def read_instance(path: Path) -> Dataset:
     """
     try:
         ds = pydicom.dcmread(path, defer_size="64 KB")
-    except (InvalidDicomError, OSError, EOFError, ValueError) as exc:
+    except RecursionError as exc:
+        raise InputRejected(f"{path.name}: not a readable DICOM file (sequences nested too "
+                            "deeply)") from exc
+    except Exception as exc:  # noqa: BLE001 - whatever the parser raises, the file is bad
         raise InputRejected(f"{path.name}: not a readable DICOM file ({exc})") from exc
+    _convert_header(ds, path.name)
     sop_class = str(ds.get("SOPClassUID", ""))
     for prefix, what in _NON_IMAGE_PREFIXES.items():
         if sop_class == prefix or sop_class.startswith(prefix + "."):
             name = getattr(ds.SOPClassUID, "name", sop_class)
             raise NotSegmented(f"{path.name}: SOP class {name} ({sop_class}) is a {what}, "
                                 "not an image volume")
-    if not any(k in ds for k in _PIXEL_KEYWORDS) or "Rows" not in ds:
+    if not any(k in ds for k in _PIXEL_KEYWORDS):
         raise InputRejected(f"{path.name}: SOP class {sop_class} has no pixel data")
+    if "Rows" not in ds or "Columns" not in ds:
+        raise InputRejected(f"{path.name}: Rows or Columns is missing")
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     samples = int(ds.get("SamplesPerPixel", 1))
     if photometric not in _GREY or samples != 1:
@@ -68,6 +73,28 @@ def read_instance(path: Path) -> Dataset:
             f"SamplesPerPixel {samples}); only greyscale MONOCHROME1/2 images are volumes"
         )
     return ds
+
+
+def _convert_header(ds: Dataset, where: str) -> None:
+    """Decode every header element now (pixel data stays deferred), naming a broken one.
+
+    pydicom converts raw elements when first accessed; without this a value
+    that cannot be decoded (wrong length for its VR, an unknown VR) would
+    raise later, anywhere the header is read.
+    """
+    pending = [ds, getattr(ds, "file_meta", Dataset())]
+    while pending:
+        current = pending.pop()
+        for tag in list(current.keys()):
+            if tag.group == 0x7FE0:
+                continue
+            try:
+                element = current[tag]
+            except Exception as exc:  # noqa: BLE001 - any decoding failure names the element
+                raise InputRejected(f"{where}: element {tag} cannot be decoded ({exc})"
+                                    ) from exc
+            if element.VR == "SQ":
+                pending.extend(element.value)
 
 
 def strip_pixels(ds: Dataset) -> Dataset:

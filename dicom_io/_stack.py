@@ -108,7 +108,10 @@ def stack_array(frames: Sequence[FrameInfo], datasets: Sequence[Dataset]) -> np.
 def _decode(ds: Dataset) -> np.ndarray:
     try:
         return pydicom.pixels.pixel_array(ds)
-    except Exception as exc:  # noqa: BLE001 - any decoder failure is a rejection
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - any decoder failure (a Rust decoder's
+        # PanicException derives from BaseException) is a rejection
         syntax = ds.file_meta.get("TransferSyntaxUID", "unknown")
         raise InputRejected(
             f"SOP instance {ds.get('SOPInstanceUID', '?')}: pixel data in transfer syntax "

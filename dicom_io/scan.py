@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
-from pydicom.errors import InvalidDicomError
 
 __all__ = ["SeriesFiles", "find_series", "read_series_uid"]
 
@@ -61,14 +60,14 @@ def read_series_uid(path: Path) -> str | None:
             stop_before_pixels=True,
             specific_tags=["SeriesInstanceUID", "SOPClassUID"],
         )
-    except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError) as exc:
+        sop_class = str(ds.file_meta.get("MediaStorageSOPClassUID", ds.get("SOPClassUID", "")))
+        uid = ds.get("SeriesInstanceUID")
+    except Exception as exc:  # noqa: BLE001 - whatever the parser raises, the file is not usable
         logger.info("skipping %s: not a readable DICOM file (%s)", path, type(exc).__name__)
         return None
-    sop_class = str(ds.file_meta.get("MediaStorageSOPClassUID", ds.get("SOPClassUID", "")))
     if sop_class == _DICOMDIR_CLASS:
         logger.info("skipping %s: DICOMDIR", path)
         return None
-    uid = ds.get("SeriesInstanceUID")
     if not uid:
         logger.info("skipping %s: DICOM file without SeriesInstanceUID", path)
         return None

@@ -36,6 +36,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 
 from dicom_io._frames import FrameInfo, describe_frames
 from dicom_io._geometry import are_orthogonal, same_orientation
@@ -182,11 +183,21 @@ def _refuse_localizer(stack: list[FrameInfo], stacks: list[list[FrameInfo]]) -> 
                             "the series; localizers are never segmented")
 
 
+def _frame_of_reference(ds: Dataset) -> str | None:
+    """FrameOfReferenceUID (None when absent); refuses a value that is not one valid UID."""
+    value = ds.get("FrameOfReferenceUID", None)
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str) or not UID(value).is_valid:
+        raise InputRejected(f"FrameOfReferenceUID {str(value)[:80]!r} is not a valid UID")
+    return str(value)
+
+
 def _build(key: str, stack: list[FrameInfo], datasets: Sequence[Dataset], *,
            min_slices: int) -> SeriesVolume:
     ordered = sort_and_check(stack, min_slices=min_slices)
     first_ds = datasets[ordered[0].ds_index]
-    volume = stack_volume(ordered, datasets, first_ds.get("FrameOfReferenceUID", None))
+    volume = stack_volume(ordered, datasets, _frame_of_reference(first_ds))
     sources = [datasets[f.ds_index] for f in ordered]
     if ordered[0].frame is not None:
         if len({id(ds) for ds in sources}) > 1:

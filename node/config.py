@@ -488,7 +488,8 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
     node = raw.get("node")
     if isinstance(node, dict):
         fix(node.get("tls"), ("certificate", "private_key", "ca_certificates"))
-    for dest in raw.get("destinations") or ():
+    destinations = raw.get("destinations")
+    for dest in destinations if isinstance(destinations, list) else ():
         if isinstance(dest, dict):
             fix(dest.get("tls"), ("ca_certificates", "certificate", "private_key"))
 
@@ -514,8 +515,12 @@ def load_config(path: Path) -> NodeConfig:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"Configuration file '{path}' is not valid YAML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"Configuration file '{path}' nests lists or mappings too deeply."
+                          ) from None
     if not isinstance(raw, dict):
         raise ConfigError(f"Configuration file '{path}' must hold a mapping of sections.")
+    _refuse_expansion(raw, path)
     _resolve_paths(raw, path.resolve().parent)
     try:
         return NodeConfig(**raw)
@@ -523,3 +528,27 @@ def load_config(path: Path) -> NodeConfig:
         raise ConfigError(
             f"Configuration file '{path}' has errors:\n{format_validation_error(exc)}"
         ) from None
+
+
+#: Most values a configuration may expand to (YAML aliases can repeat a block many times).
+MAX_CONFIG_VALUES = 100_000
+#: Deepest nesting of lists and mappings a configuration may have.
+MAX_CONFIG_DEPTH = 32
+
+
+def _refuse_expansion(raw: Any, path: Path) -> None:
+    """Refuse a document that is nested too deeply or expands (through aliases) too far."""
+    pending: list[tuple[Any, int]] = [(raw, 0)]
+    seen = 0
+    while pending:
+        node, depth = pending.pop()
+        seen += 1
+        if seen > MAX_CONFIG_VALUES:
+            raise ConfigError(f"Configuration file '{path}' expands to more than "
+                              f"{MAX_CONFIG_VALUES} values (YAML aliases repeating blocks?).")
+        if depth > MAX_CONFIG_DEPTH:
+            raise ConfigError(f"Configuration file '{path}' nests lists or mappings more than "
+                              f"{MAX_CONFIG_DEPTH} deep.")
+        children = node.values() if isinstance(node, dict) else node if isinstance(
+            node, list) else ()
+        pending.extend((child, depth + 1) for child in children)
