@@ -426,6 +426,12 @@ class Catalogue:
                              .where(series.c.series_uid == series_uid)).first()
             return None if row is None else (float(row[0]), float(row[1]))
 
+    def series_in_study(self, study_uid: str) -> set[str]:
+        """The SeriesInstanceUIDs catalogued for one study."""
+        with self.engine.connect() as db:
+            return set(db.execute(sa.select(series.c.series_uid)
+                                  .where(series.c.study_uid == study_uid)).scalars())
+
     def instance_count(self, series_uid: str | None = None) -> int:
         """Number of catalogued instances (of one series, or all)."""
         query = sa.select(sa.func.count()).select_from(instances)

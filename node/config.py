@@ -358,6 +358,10 @@ class LimitsConfig(_Strict):
     max_frames: int = Field(default=20000, ge=1)
     #: A volume with more voxels (millions) fails its job with the reason, before decoding.
     max_volume_megavoxels: float = Field(default=500.0, gt=0)
+    #: The first instance of one more series in a study that has this many is quarantined.
+    max_series_per_study: int = Field(default=1000, ge=1)
+    #: Jobs running at once over every worker sharing the catalogue (None: one per worker).
+    max_running_jobs: int | None = Field(default=None, ge=1)
 
 
 class WebConfig(_Strict):

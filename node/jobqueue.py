@@ -106,8 +106,10 @@ def _job(row: Any) -> Job:
 class SqlJobQueue:
     """Jobs as rows of the catalogue's ``jobs`` table (oldest queued first)."""
 
-    def __init__(self, catalogue: Catalogue) -> None:
+    def __init__(self, catalogue: Catalogue, *, max_running: int | None = None) -> None:
         self.catalogue = catalogue
+        #: Most jobs running at once in the whole catalogue (``limits.max_running_jobs``).
+        self.max_running = max_running
 
     def enqueue(self, series_uid: str, *, rule: str, model: str | None, seg_type: str,
                 destinations: tuple[str, ...], series_uids: tuple[str, ...] = (),
@@ -160,8 +162,12 @@ class SqlJobQueue:
 
     def _take(self, db: Connection, job_id: int, owner: str, lease_s: float) -> Job | None:
         now = self.catalogue.clock()
-        taken = db.execute(jobs.update().where(jobs.c.id == job_id, jobs.c.state == "queued",
-                                               ~_SAME_WORK_RUNNING)
+        conditions = [jobs.c.id == job_id, jobs.c.state == "queued", ~_SAME_WORK_RUNNING]
+        if self.max_running is not None:
+            running = (sa.select(sa.func.count()).select_from(_other)
+                       .where(_other.c.state == "running").scalar_subquery())
+            conditions.append(running < self.max_running)
+        taken = db.execute(jobs.update().where(*conditions)
                            .values(state="running", attempts=jobs.c.attempts + 1,
                                    started_at=now, finished_at=None, reason="",
                                    lease_owner=owner,

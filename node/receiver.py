@@ -56,6 +56,8 @@ class Receiver:
     catalogue: Catalogue
     reprocess_late_instances: bool = True
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    #: Series already taken in (their instances skip the series-per-study check).
+    _known_series: set[str] = field(default_factory=set, init=False, repr=False)
 
     def receive(self, data: bytes, parse: Callable[[], Dataset], calling_ae: str) -> int:
         """Store one instance (``data`` as received, ``parse`` decodes its header).
@@ -81,6 +83,15 @@ class Receiver:
             return self._quarantine(data, f"NumberOfFrames {frames} is more than "
                                     f"limits.max_frames ({self.limits.max_frames})", calling_ae)
         try:
+            refusal = self._over_series_limit(record_fields["study_uid"],
+                                              record_fields["series_uid"])
+        except Exception as exc:  # noqa: BLE001 - the database: the sender must retry
+            logger.error("instance %s not checked (%s): answering Out of Resources",
+                         record_fields["sop_instance_uid"], _reason(exc))
+            return StoreStatus.OUT_OF_RESOURCES
+        if refusal:
+            return self._quarantine(data, refusal, calling_ae)
+        try:
             with self.spool.series_guard(record_fields["series_uid"]).writing():
                 path, digest = self.spool.store(data, record_fields["study_uid"],
                                                 record_fields["series_uid"],
@@ -101,6 +112,20 @@ class Receiver:
         if outcome.reopened:
             logger.info("series %s reopened by a late instance", record_fields["series_uid"])
         return StoreStatus.SUCCESS
+
+    def _over_series_limit(self, study_uid: str, series_uid: str) -> str:
+        """The reason to refuse the first instance of one series too many in its study, or ""."""
+        if series_uid in self._known_series:
+            return ""
+        known = self.catalogue.series_in_study(study_uid)
+        limit = self.limits.max_series_per_study
+        if series_uid not in known and len(known) >= limit:
+            return (f"study already has {len(known)} series, limits.max_series_per_study is "
+                    f"{limit}")
+        if len(self._known_series) > 100_000:
+            self._known_series.clear()
+        self._known_series.add(series_uid)
+        return ""
 
     def _quarantine(self, data: bytes, reason: str, calling_ae: str) -> int:
         try:

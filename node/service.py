@@ -75,7 +75,8 @@ class Node:
         self.catalogue = Catalogue(self.config.database_url)
         self.spool = Spool(storage.spool_dir)
         self.quarantine = Quarantine(storage.quarantine_dir)
-        self.queue = SqlJobQueue(self.catalogue)
+        self.queue = SqlJobQueue(self.catalogue,
+                                 max_running=self.config.limits.max_running_jobs)
         self.outbox = Outbox(self.catalogue, self.config.timing.retry)
         receiver = Receiver(self.spool, self.quarantine, self.catalogue,
                             self.config.timing.reprocess_late_instances, self.config.limits)

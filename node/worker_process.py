@@ -53,7 +53,8 @@ class WorkerProcess:
         host = socket.gethostname()
         self.key = f"{WORKER_STATE_PREFIX}{os.getpid()}@{host}"[:64]
         self.catalogue = Catalogue(config.database_url)
-        self.queue = SqlJobQueue(self.catalogue)
+        self.queue = SqlJobQueue(self.catalogue,
+                                 max_running=config.limits.max_running_jobs)
         self.worker = Worker(config, self.catalogue, self.queue,
                              Outbox(self.catalogue, config.timing.retry), device=device,
                              name=name or f"{host}/{device}",

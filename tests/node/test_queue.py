@@ -185,3 +185,18 @@ def test_a_newer_job_of_a_series_waits_while_the_older_runs(queue: SqlJobQueue,
     assert waiting is not None and (waiting.state, waiting.published_at) == ("queued", None)
     queue.complete(older, {})
     assert queue.claim_job(newer, "b", 30) is not None  # the older is done: it runs
+
+
+def test_max_running_holds_further_claims_until_a_job_ends(queue: SqlJobQueue,
+                                                           clock: FakeClock) -> None:
+    limited = SqlJobQueue(queue.catalogue, max_running=2)
+    ids = [_enqueue(queue, f"1.{n}", clock) for n in range(4)]
+    first, second = limited.claim("a"), limited.claim_job(ids[1], "b", 60)
+    assert (first.id, second.id) == (ids[0], ids[1])
+    assert limited.claim("c") is None
+    assert limited.claim_job(ids[2], "c", 60) is None
+    assert queue.get(ids[2]).state == "queued"  # waits, is not refused
+    limited.complete(first.id, {})
+    assert limited.claim("c").id == ids[2]
+    assert limited.claim("d") is None
+    assert queue.claim("unlimited").id == ids[3]  # the limit belongs to the queue that has it

@@ -150,6 +150,24 @@ def test_quarantine_failure_answers_out_of_resources(
     assert catalogue.list_quarantine() == []
 
 
+def test_one_series_too_many_in_a_study_is_quarantined_and_known_series_still_stored(
+    parts: tuple[Spool, Quarantine, Catalogue],
+) -> None:
+    from node.config import LimitsConfig
+
+    spool, quarantine, catalogue = parts
+    receiver = Receiver(*parts, limits=LimitsConfig(max_series_per_study=2))
+    for n, series in enumerate(["1.2.3.1", "1.2.3.2", "1.2.3.3", "1.2.3.1", "1.2.3.2"]):
+        data = encode(make_dataset(f"{SOP}.{n}", series=series))
+        expected = StoreStatus.CANNOT_UNDERSTAND if series == "1.2.3.3" else StoreStatus.SUCCESS
+        assert receiver.receive(data, _parse(data), "STORESCU") == expected
+    assert catalogue.instance_count() == 4
+    [entry] = catalogue.list_quarantine()
+    assert "study already has 2 series, limits.max_series_per_study is 2" in entry["reason"]
+    other = encode(make_dataset(f"{SOP}.9", series="1.2.3.3", study="1.2.9"))
+    assert receiver.receive(other, _parse(other), "STORESCU") == StoreStatus.SUCCESS
+
+
 @pytest.mark.parametrize("limits, attrs, key", [
     ({"max_instance_mb": 0.001}, {}, "limits.max_instance_mb"),  # about 1 kB
     ({"max_frames": 100}, {"NumberOfFrames": 1_000_000}, "limits.max_frames"),
