@@ -5,6 +5,8 @@ Pages (``/``, ``/associations``, ``/studies``, ``/jobs``, ``/jobs/{id}``, ``/fai
 JSON API under ``/api`` returns; OpenAPI is at ``/docs``. Actions (retry a
 job or a delivery, C-ECHO a destination) need ``Authorization: Bearer
 <web.token>``; reading needs it too unless the server is bound to loopback.
+Every response carries ``Cache-Control: no-store`` (pages and documents may
+hold patient data) and headers against sniffing, framing and referrers.
 """
 
 from __future__ import annotations
@@ -27,6 +29,13 @@ from node.web.data import WebContext
 __all__ = ["create_app"]
 
 _TEMPLATES = Path(__file__).resolve().parent / "templates"
+_HEADERS = {
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "frame-ancestors 'none'; object-src 'none'; base-uri 'none'",
+    "Referrer-Policy": "no-referrer",
+}
 
 
 def _when(timestamp: float | None) -> str:
@@ -56,6 +65,13 @@ def create_app(ctx: WebContext, metrics: NodeMetrics, *,
                   version="1")
     templates = Jinja2Templates(directory=str(_TEMPLATES))
     templates.env.filters["when"] = _when
+
+    @app.middleware("http")
+    async def safety_headers(request: Request, call_next: Callable[..., Any]) -> Response:
+        response = await call_next(request)
+        for name, value in _HEADERS.items():
+            response.headers.setdefault(name, value)
+        return response
 
     def token_ok(request: Request) -> bool:
         given = request.headers.get("authorization", "")
@@ -112,7 +128,7 @@ def create_app(ctx: WebContext, metrics: NodeMetrics, *,
     @app.get("/api/studies", dependencies=read)
     def api_studies(limit: int = 100) -> list[dict[str, Any]]:
         """Recent studies, each with its series, their state and the job that took them."""
-        return ctx.catalogue.list_studies(limit=min(max(limit, 1), 1000))
+        return data.studies(ctx, limit=min(max(limit, 1), 1000))
 
     @app.get("/api/jobs", dependencies=read)
     def api_jobs(state: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
@@ -215,7 +231,7 @@ def create_app(ctx: WebContext, metrics: NodeMetrics, *,
     @app.get("/studies", response_class=HTMLResponse, dependencies=read,
              include_in_schema=False)
     def page_studies(request: Request) -> HTMLResponse:
-        return page(request, "studies.html", studies=ctx.catalogue.list_studies(200))
+        return page(request, "studies.html", studies=data.studies(ctx, 200))
 
     @app.get("/jobs", response_class=HTMLResponse, dependencies=read, include_in_schema=False)
     def page_jobs(request: Request, state: str | None = None) -> HTMLResponse:

@@ -117,10 +117,27 @@ def _header(ctx: WebContext, job: Job) -> dict[str, str]:
         return {}
     found = {"accession_number": str(ds.get("AccessionNumber", "")),
              "study_date": str(ds.get("StudyDate", "")),
-             "modality": str(ds.get("Modality", ""))}
+             "modality": str(ds.get("Modality", "")),
+             "series_description": _shown(ds.get("SeriesDescription", ""))}
     if ctx.config.web.show_patient_names:
         found["patient_name"] = str(ds.get("PatientName", ""))
         found["patient_id"] = str(ds.get("PatientID", ""))
+    return found
+
+
+def _shown(value: object, limit: int = 128) -> str:
+    """A peer's free text as shown: at most ``limit`` characters (escaped by the templates)."""
+    text = str(value or "")
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def studies(ctx: WebContext, limit: int = 100) -> list[dict[str, Any]]:
+    """Recent studies (:meth:`Catalogue.list_studies`), each series with its description."""
+    found = ctx.catalogue.list_studies(limit=limit)
+    for study in found:
+        for entry in study["series"]:
+            row = ctx.catalogue.get_series(entry["series_uid"]) or {}
+            entry["description"] = _shown(row.get("description", ""))
     return found
 
 
