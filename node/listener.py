@@ -58,9 +58,16 @@ class AssociationRecord:
 
 
 def server_ssl_context(tls: Any) -> ssl.SSLContext:
-    """A server-side TLS context from ``node.tls`` (client certificates required with a CA)."""
+    """A server-side TLS context from ``node.tls`` (client certificates required with a CA).
+
+    TLS 1.2 or 1.3 only; for TLS 1.2 only AEAD suites with forward secrecy
+    (BCP 195); no compression, no renegotiation.
+    """
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers("ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!eNULL")
+    context.options |= (ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+                        | ssl.OP_CIPHER_SERVER_PREFERENCE)
     context.load_cert_chain(certfile=str(tls.certificate), keyfile=str(tls.private_key))
     if tls.ca_certificates is not None:
         context.load_verify_locations(cafile=str(tls.ca_certificates))
