@@ -103,6 +103,9 @@ class ListenerConfig(_Strict):
     acse_timeout_s: float = Field(default=30.0, gt=0)
     dimse_timeout_s: float = Field(default=60.0, gt=0)
     network_timeout_s: float = Field(default=120.0, gt=0)
+    #: Rejections (and connections closed unused) are logged once per interval per
+    #: (reason, calling AE, address), with a count of those held back.
+    rejection_log_interval_s: float = Field(default=60.0, gt=0)
 
     _check_ae = field_validator("ae_title")(_ae_title)
 

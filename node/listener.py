@@ -11,12 +11,18 @@ title is not configured or comes from an address outside its entry (calling
 AE title not recognised), or the spool's free space is below
 ``storage.min_free_disk_mb`` (transient, local limit exceeded). Every
 association is logged once when its connection closes: calling AE, address,
-files, bytes, duration, result, never patient data.
+files, bytes, duration, result, never patient data. Rejections, and
+connections closed before any association request, are logged at most once
+per ``node.rejection_log_interval_s`` for each (reason, calling AE, address),
+with the number held back since the previous line. Accepted sockets get
+``node.network_timeout_s`` as their socket timeout, so a peer stalling in the
+middle of a PDU is cut off like an idle one.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 import threading
 import time
@@ -30,6 +36,7 @@ from pynetdicom.sop_class import Verification
 
 from dicom_io.transfer_syntaxes import decodable_transfer_syntaxes
 from node.config import ListenerConfig, NodeConfig
+from node.metrics import rejection_kind
 from node.receiver import Receiver
 from node.spool import free_disk_mb
 
@@ -101,6 +108,7 @@ class Listener:
         self._stats: dict[int, AssociationRecord] = {}
         self._lock = threading.Lock()
         self._servers: list[Any] = []
+        self._throttle = _Throttle(config.node.rejection_log_interval_s)
         self.ae = self._build_ae(config.node)
 
     def _build_ae(self, node: ListenerConfig) -> AE:
@@ -126,9 +134,11 @@ class Listener:
     def handlers(self) -> list[tuple[Any, Callable[..., Any]]]:
         """The pynetdicom event handlers of this listener."""
         return [
+            (evt.EVT_CONN_OPEN, self._on_open),
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_REJECTED, self._on_result("rejected (local limit: max_associations)")),
             (evt.EVT_RELEASED, self._on_result("released")),
             (evt.EVT_ABORTED, self._on_result("aborted")),
             (evt.EVT_CONN_CLOSE, self._on_close),
@@ -154,6 +164,7 @@ class Listener:
         for server in self._servers:
             server.shutdown()
         self._servers.clear()
+        self._log_held_back()
 
     @property
     def accepting(self) -> bool:
@@ -172,6 +183,15 @@ class Listener:
         with self._lock:
             return self._stats.setdefault(id(assoc), AssociationRecord(
                 started=time.monotonic(), started_at=time.time()))
+
+    def _on_open(self, event: Any) -> None:
+        # pynetdicom leaves accepted sockets blocking without a timeout: a peer that stops
+        # in the middle of a PDU would hold its thread (and association slot) forever.
+        self._stats_for(event.assoc).address = _address(event)
+        sock = event.assoc.dul.socket.socket
+        if sock is not None:
+            sock.settimeout(self.config.node.network_timeout_s)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def _on_requested(self, event: Any) -> None:
         assoc = event.assoc
@@ -227,15 +247,76 @@ class Listener:
     def _on_close(self, event: Any) -> None:
         with self._lock:
             stats = self._stats.pop(id(event.assoc), None)
-        if stats is None or not stats.calling_ae:
+        if stats is None:
             return
         seconds = time.monotonic() - stats.started
-        log = logger.warning if stats.result.startswith("rejected") else logger.info
-        log("association from %s at %s: %d files (%d not stored), %.1f MB in %.2f s, %s",
-            stats.calling_ae, stats.address, stats.files, stats.failures, stats.bytes / 1e6,
-            seconds, stats.result)
+        if not stats.calling_ae:
+            self._log_throttled(logger.info, ("no request", "", stats.address),
+                                "connection from %s closed after %.1f s before an association "
+                                "request", stats.address, seconds)
+            return
+        message = "association from %s at %s: %d files (%d not stored), %.1f MB in %.2f s, %s"
+        args = (stats.calling_ae, stats.address, stats.files, stats.failures,
+                stats.bytes / 1e6, seconds, stats.result)
+        if stats.result.startswith("rejected"):
+            self._log_throttled(logger.warning, (rejection_kind(stats.result), stats.calling_ae,
+                                                 stats.address), message, *args)
+        else:
+            logger.info(message, *args)
         if self._on_closed is not None:
             try:
                 self._on_closed(stats, seconds)
             except Exception:  # noqa: BLE001 - the log of an association never fails it
                 logger.exception("could not record the association from %s", stats.calling_ae)
+
+    def _log_throttled(self, log: Callable[..., None], key: tuple[str, str, str], message: str,
+                       *args: Any) -> None:
+        held = self._throttle.admit(key)
+        if held is not None:
+            log(message + (f" ({held} more like it since the last line)" if held else ""), *args)
+
+    def _log_held_back(self) -> None:
+        for (kind, calling, address), held in self._throttle.drain().items():
+            logger.info("%d more %s from %r at %s since the last line", held,
+                        "connections closed before an association request"
+                        if kind == "no request" else f"rejections ({kind})", calling, address)
+
+
+def _address(event: Any) -> str:
+    try:
+        return str(event.address[0])
+    except (AttributeError, IndexError, TypeError):
+        return "?"
+
+
+class _Throttle:
+    """At most one log line per key per interval; counts the lines held back in between."""
+
+    _MAX_KEYS = 4096
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self._lock = threading.Lock()
+        self._last: dict[tuple[str, ...], float] = {}
+        self._held: dict[tuple[str, ...], int] = {}
+
+    def admit(self, key: tuple[str, ...]) -> int | None:
+        """Lines held back for ``key`` since its last line, or None to hold this one back too."""
+        now = time.monotonic()
+        with self._lock:
+            last = self._last.get(key)
+            if last is not None and now - last < self.interval_s:
+                self._held[key] = self._held.get(key, 0) + 1
+                return None
+            if len(self._last) >= self._MAX_KEYS:
+                self._last = {k: t for k, t in self._last.items()
+                              if now - t < self.interval_s or k in self._held}
+            self._last[key] = now
+            return self._held.pop(key, 0)
+
+    def drain(self) -> dict[tuple[str, ...], int]:
+        """The held-back counts, forgotten (the next line of every key is logged)."""
+        with self._lock:
+            held, self._held = self._held, {}
+            self._last.clear()
+        return held
