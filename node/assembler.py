@@ -11,11 +11,23 @@ every series of the study that rule took, those done before included, so
 a station that arrives late reruns the whole acquisition. Decisions and
 jobs are written in one transaction, so a crash never leaves a completed
 series without its job.
+
+Quiet time is measured on the monotonic clock, so a wall-clock jump (NTP)
+neither completes a series early nor holds it back: for every series still
+receiving and every waiting study the assembler keeps when, on the
+monotonic clock, its current newest arrival began its quiet. The wall
+clock only says how long ago that arrival was, and never counts from before
+the previous look (the arrival came after it), so a jump shifts the quiet
+time by one poll interval at most; at the first look after a start the wall
+clock alone counts. A series is completed only if its newest arrival time
+is still the one watched, so an instance arriving meanwhile keeps it open.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable, Hashable
 
 from sqlalchemy.engine import Connection
 
@@ -41,30 +53,60 @@ class Assembler:
         Where series are found and jobs go (the same database).
     metrics
         Counts the series found complete.
+    monotonic
+        The clock quiet time is measured on (``time.monotonic``).
     """
 
     def __init__(self, config: NodeConfig, catalogue: Catalogue, queue: SqlJobQueue,
-                 metrics: NodeMetrics | None = None) -> None:
+                 metrics: NodeMetrics | None = None, *,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self.catalogue = catalogue
         self.queue = queue
         self.metrics = metrics
+        self._monotonic = monotonic
+        #: Watched series and studies: (newest arrival seen, monotonic start of its quiet,
+        #: monotonic time of the last look).
+        self._watches: dict[Hashable, tuple[float, float, float]] = {}
+
+    def _quiet(self, key: Hashable, last_received_at: float, quiet_s: float) -> bool:
+        """True once ``key``'s newest arrival has stayed ``last_received_at`` over ``quiet_s``."""
+        now = self._monotonic()
+        watch = self._watches.get(key)
+        if watch is None or watch[0] != last_received_at:
+            # Quiet for as long as the wall clock says, but never since before the last look
+            # (the arrival came after it), so a clock jump counts for one poll at most.
+            elapsed = max(0.0, self.catalogue.clock() - last_received_at)
+            if watch is not None:
+                elapsed = min(elapsed, now - watch[2])
+            watch = (last_received_at, now - elapsed, now)
+        self._watches[key] = (watch[0], watch[1], now)
+        return now - watch[1] > quiet_s
+
+    def _forget_all_but(self, keys: set[Hashable], kind: str) -> None:
+        for key in [k for k in self._watches if k[0] == kind and k not in keys]:
+            del self._watches[key]
 
     def run_once(self) -> int:
         """Decide every quiet series, then every quiet study; returns how many jobs were queued."""
         return self._decide_series() + self._queue_studies()
 
     def _decide_series(self) -> int:
-        cutoff = self.catalogue.clock() - self.config.timing.series_quiet_s
+        quiet_s = self.config.timing.series_quiet_s
+        receiving = self.catalogue.receiving_series()
+        self._forget_all_but({("series", s.series_uid) for s in receiving}, "series")
         queued = 0
-        for series in self.catalogue.quiet_series(cutoff):
+        for series in receiving:
+            if not self._quiet(("series", series.series_uid), series.last_received_at, quiet_s):
+                continue
             decision = decide(series, self.config.rules)
             rule = decision.rule
             waiting = rule is not None and rule.whole_study
             reason = f"{decision.reason}: waiting for the study" if waiting else decision.reason
             with self.catalogue.begin() as db:
                 if not self.catalogue.complete_series(db, series.series_uid, reason,
-                                                      received_before=cutoff, waiting=waiting,
+                                                      last_received_at=series.last_received_at,
+                                                      waiting=waiting,
                                                       rule=rule.name if rule else ""):
                     continue
                 if self.metrics is not None:
@@ -84,10 +126,14 @@ class Assembler:
         return queued
 
     def _queue_studies(self) -> int:
-        cutoff = self.catalogue.clock() - self.config.timing.study_quiet_s
+        quiet_s = self.config.timing.study_quiet_s
         rules = {rule.name: rule for rule in self.config.rules}
+        waiting = self.catalogue.waiting_studies()
+        self._forget_all_but({("study", uid, rule) for uid, rule, _ in waiting}, "study")
         queued = 0
-        for study_uid, rule_name in self.catalogue.quiet_studies(cutoff):
+        for study_uid, rule_name, latest in waiting:
+            if not self._quiet(("study", study_uid, rule_name), latest, quiet_s):
+                continue
             rule = rules.get(rule_name)
             with self.catalogue.begin() as db:
                 series_uids = self.catalogue.take_study(db, study_uid, rule_name)

@@ -349,8 +349,8 @@ class Catalogue:
             db.execute(_SERIES_ARRIVAL, {"uid": record.series_uid, "now": now})
         return reopen
 
-    def quiet_series(self, received_before: float) -> list[SeriesRow]:
-        """Series still receiving whose last instance arrived before ``received_before``."""
+    def receiving_series(self) -> list[SeriesRow]:
+        """Every series still receiving, with its instance count, oldest arrival first."""
         counts = (
             sa.select(instances.c.series_uid, sa.func.count().label("n"))
             .group_by(instances.c.series_uid).subquery()
@@ -358,38 +358,40 @@ class Catalogue:
         query = (
             sa.select(series, sa.func.coalesce(counts.c.n, 0).label("n"))
             .select_from(series.outerjoin(counts, counts.c.series_uid == series.c.series_uid))
-            .where(series.c.state == RECEIVING, series.c.last_received_at < received_before)
+            .where(series.c.state == RECEIVING)
             .order_by(series.c.last_received_at)
         )
         with self.engine.connect() as db:
             return [_series_row(row) for row in db.execute(query)]
 
     def complete_series(self, db: Connection, series_uid: str, decision: str, *,
-                        received_before: float, rule: str = "", waiting: bool = False) -> bool:
+                        last_received_at: float, rule: str = "", waiting: bool = False) -> bool:
         """Mark a quiet series complete (or waiting for its study) with its decision.
 
         Runs in the transaction ``db``. Returns False (and changes nothing)
-        when an instance arrived since the series was found quiet: it stays
-        receiving.
+        when the series' newest arrival is no longer ``last_received_at`` (an
+        instance arrived since it was found quiet): it stays receiving.
         """
         result = db.execute(
             series.update()
             .where(series.c.series_uid == series_uid, series.c.state == RECEIVING,
-                   series.c.last_received_at < received_before)
+                   series.c.last_received_at == last_received_at)
             .values(state=WAITING if waiting else COMPLETE, decision=decision, rule=rule)
         )
         return result.rowcount == 1
 
-    def quiet_studies(self, received_before: float) -> list[tuple[str, str]]:
-        """(study, rule) pairs with series waiting, nothing receiving, study quiet."""
-        busy = (sa.select(series.c.study_uid)
-                .where(sa.or_(series.c.state == RECEIVING,
-                              series.c.last_received_at >= received_before)))
-        query = (sa.select(series.c.study_uid, series.c.rule).distinct()
-                 .where(series.c.state == WAITING, series.c.study_uid.not_in(busy))
-                 .order_by(series.c.study_uid, series.c.rule))
+    def waiting_studies(self) -> list[tuple[str, str, float]]:
+        """(study, rule, newest arrival in the study) with series waiting and none receiving."""
+        busy = sa.select(series.c.study_uid).where(series.c.state == RECEIVING)
+        pairs = (sa.select(series.c.study_uid, series.c.rule).distinct()
+                 .where(series.c.state == WAITING, series.c.study_uid.not_in(busy)).subquery())
+        latest = (sa.select(series.c.study_uid, sa.func.max(series.c.last_received_at)
+                            .label("latest")).group_by(series.c.study_uid).subquery())
+        query = (sa.select(pairs.c.study_uid, pairs.c.rule, latest.c.latest)
+                 .join(latest, latest.c.study_uid == pairs.c.study_uid)
+                 .order_by(pairs.c.study_uid, pairs.c.rule))
         with self.engine.connect() as db:
-            return [(row.study_uid, row.rule) for row in db.execute(query)]
+            return [(row.study_uid, row.rule, float(row.latest)) for row in db.execute(query)]
 
     def take_study(self, db: Connection, study_uid: str, rule: str) -> list[str]:
         """Series of a study that ``rule`` took, waiting or done before, in UID order.

@@ -29,9 +29,10 @@ def catalogue(database_url: str, clock: FakeClock) -> Iterator[Catalogue]:
 
 
 def _complete(catalogue: Catalogue, series_uid: str = SERIES, decision: str = "done") -> bool:
+    [row] = [r for r in catalogue.receiving_series() if r.series_uid == series_uid]
     with catalogue.begin() as db:
         return catalogue.complete_series(db, series_uid, decision,
-                                         received_before=catalogue.clock() + 1)
+                                         last_received_at=row.last_received_at)
 
 
 def _instance_row(catalogue: Catalogue, sop: str) -> sa.Row:
@@ -136,22 +137,20 @@ def test_concurrent_writers_do_not_lock_each_other_out(catalogue: Catalogue) -> 
     assert catalogue.series_counts() == {"receiving": 2}
 
 
-def test_quiet_series_lists_receiving_series_quiet_before_the_cutoff(
+def test_receiving_series_lists_open_series_oldest_first(
     catalogue: Catalogue, clock: FakeClock,
 ) -> None:
     for sop in ("1.1", "1.2", "1.3"):
         catalogue.record_instance(record(sop, **MR_ATTRS), reopen_complete=True)
     clock.advance(10)
     catalogue.record_instance(record("2.1", series=OTHER_SERIES), reopen_complete=True)
-    assert catalogue.quiet_series(received_before=clock.now - 10) == []  # strictly before
-    [row] = catalogue.quiet_series(received_before=clock.now)
-    assert (row.series_uid, row.study_uid, row.n_instances, row.state) == (
+    first, second = catalogue.receiving_series()
+    assert (first.series_uid, first.study_uid, first.n_instances, first.state) == (
         SERIES, STUDY, 3, "receiving")
-    assert row.image_type == ("ORIGINAL", "PRIMARY", "M") and row.body_part == "ABDOMEN"
-    both = catalogue.quiet_series(received_before=clock.now + 1)
-    assert [r.series_uid for r in both] == [SERIES, OTHER_SERIES]  # oldest first
+    assert first.image_type == ("ORIGINAL", "PRIMARY", "M") and first.body_part == "ABDOMEN"
+    assert (second.series_uid, second.last_received_at) == (OTHER_SERIES, clock.now)
     assert _complete(catalogue)
-    assert [r.series_uid for r in catalogue.quiet_series(clock.now + 1)] == [OTHER_SERIES]
+    assert [r.series_uid for r in catalogue.receiving_series()] == [OTHER_SERIES]
 
 
 # The assembler --------------------------------------------------------------------------------
@@ -181,7 +180,7 @@ def test_assembler_waits_for_the_quiet_time_then_queues_one_job(
     catalogue: Catalogue, clock: FakeClock,
 ) -> None:
     queue = SqlJobQueue(catalogue)
-    assembler = Assembler(_config(quiet_s=30), catalogue, queue)
+    assembler = Assembler(_config(quiet_s=30), catalogue, queue, monotonic=clock)
     _send(catalogue, clock, ["1.1", "1.2", "1.3"])
     last = catalogue.get_series(SERIES)["last_received_at"]
     clock.now = last + 30  # exactly the quiet time: not yet quiet
@@ -212,7 +211,7 @@ def test_unprocessed_series_complete_with_the_reason_and_no_job(
         catalogue.record_instance(record(sop, **{**MR_ATTRS, **series_attrs}),
                                   reopen_complete=True)
     clock.advance(31)
-    assert Assembler(_config(), catalogue, queue).run_once() == 0
+    assert Assembler(_config(), catalogue, queue, monotonic=clock).run_once() == 0
     row = catalogue.get_series(SERIES)
     assert row["state"] == "complete" and row["decision"].startswith(reason)
     assert row["job_id"] is None and queue.list() == []
@@ -224,21 +223,38 @@ def test_arrival_after_quiet_check_keeps_the_series_receiving(
 ) -> None:
     _send(catalogue, clock, ["1.1", "1.2", "1.3"])
     clock.advance(60)
-    cutoff = clock.now - 30
-    [quiet] = catalogue.quiet_series(cutoff)
+    [quiet] = catalogue.receiving_series()
     catalogue.record_instance(record("1.4", **MR_ATTRS), reopen_complete=True)  # just now
     with catalogue.begin() as db:
         assert not catalogue.complete_series(db, quiet.series_uid, "rule mr-body",
-                                             received_before=cutoff)
+                                             last_received_at=quiet.last_received_at)
     row = catalogue.get_series(SERIES)
     assert (row["state"], row["decision"]) == ("receiving", "")
+
+
+@pytest.mark.parametrize("jump_s", [3600.0, -3600.0], ids=["forward", "backward"])
+def test_a_wall_clock_jump_neither_hurries_nor_holds_the_quiet_time(
+    catalogue: Catalogue, clock: FakeClock, jump_s: float,
+) -> None:
+    queue = SqlJobQueue(catalogue)
+    monotonic = FakeClock(100.0)
+    assembler = Assembler(_config(quiet_s=30), catalogue, queue, monotonic=monotonic)
+    _send(catalogue, clock, ["1.1", "1.2", "1.3"])
+    assert assembler.run_once() == 0  # watched from here
+    clock.advance(jump_s)  # NTP steps the wall clock; 10 s pass
+    monotonic.advance(10)
+    assert assembler.run_once() == 0 and queue.list() == []
+    assert catalogue.get_series(SERIES)["state"] == "receiving"
+    monotonic.advance(21)  # 31 s of quiet on the monotonic clock
+    assert assembler.run_once() == 1
+    assert [job.series_uid for job in queue.list()] == [SERIES]
 
 
 def test_reopened_series_gets_a_new_job_after_the_quiet_time(
     catalogue: Catalogue, clock: FakeClock,
 ) -> None:
     queue = SqlJobQueue(catalogue)
-    assembler = Assembler(_config(), catalogue, queue)
+    assembler = Assembler(_config(), catalogue, queue, monotonic=clock)
     _send(catalogue, clock, ["1.1", "1.2", "1.3"])
     clock.advance(31)
     assert assembler.run_once() == 1
@@ -260,7 +276,7 @@ STATION_3 = "1.2.826.0.1.3680043.8.498.1.3"
 def test_stations_wait_for_the_study_and_share_one_job(catalogue: Catalogue,
                                                        clock: FakeClock) -> None:
     queue = SqlJobQueue(catalogue)
-    assembler = Assembler(_config(whole_study=True), catalogue, queue)
+    assembler = Assembler(_config(whole_study=True), catalogue, queue, monotonic=clock)
     _send(catalogue, clock, ["1.1", "1.2", "1.3"])
     _send(catalogue, clock, ["2.1", "2.2", "2.3"], series=STATION_2)
     clock.advance(31)
@@ -280,7 +296,7 @@ def test_stations_wait_for_the_study_and_share_one_job(catalogue: Catalogue,
 
 def test_a_receiving_series_holds_its_study(catalogue: Catalogue, clock: FakeClock) -> None:
     queue = SqlJobQueue(catalogue)
-    assembler = Assembler(_config(whole_study=True), catalogue, queue)
+    assembler = Assembler(_config(whole_study=True), catalogue, queue, monotonic=clock)
     _send(catalogue, clock, ["1.1", "1.2", "1.3"])
     clock.advance(31)
     assert assembler.run_once() == 0
@@ -296,7 +312,7 @@ def test_a_receiving_series_holds_its_study(catalogue: Catalogue, clock: FakeClo
 
 def test_a_late_station_reruns_the_whole_study(catalogue: Catalogue, clock: FakeClock) -> None:
     queue = SqlJobQueue(catalogue)
-    assembler = Assembler(_config(whole_study=True), catalogue, queue)
+    assembler = Assembler(_config(whole_study=True), catalogue, queue, monotonic=clock)
     _send(catalogue, clock, ["1.1", "1.2", "1.3"])
     _send(catalogue, clock, ["2.1", "2.2", "2.3"], series=STATION_2)
     clock.advance(121)
