@@ -60,8 +60,8 @@ __all__ = ["CALLER", "NodeUnderTest", "associate", "node_under_test", "probe", "
 CALLER = "SCANNER"
 PATIENT_NAME, PATIENT_ID = "HARDEN^PHANTOM", "HARDEN-PID-4711"
 _TIMEOUTS = {"acse_timeout_s": 2.0, "dimse_timeout_s": 3.0, "network_timeout_s": 3.0}
-_COUNTS = {"short": {"idle": 6, "stall": 3, "abort": 6, "tiny": 500, "contexts": 10,
-                     "rejected": 200},
+_COUNTS = {"short": {"idle": 6, "stall": 3, "abort": 6, "tiny": 300, "contexts": 10,
+                     "rejected": 100},
            "long": {"idle": 40, "stall": 12, "abort": 40, "tiny": 10_000, "contexts": 100,
                     "rejected": 2000}}
 
@@ -105,12 +105,15 @@ def _free_port() -> int:
 
 
 @contextmanager
-def node_under_test(root: Path, **node: Any) -> Iterator[NodeUnderTest]:
-    """A listener on a free port of 127.0.0.1 with short timeouts (``node`` overrides keys).
+def node_under_test(root: Path, settings: dict[str, Any] | None = None, **node: Any
+                    ) -> Iterator[NodeUnderTest]:
+    """A listener on a free port of 127.0.0.1 with short timeouts.
 
-    ``SCANNER`` may call from 127.0.0.1; ``REMOTEONLY`` only from 10.0.0.0/8.
-    The node's log (``node`` loggers at INFO, ``pynetdicom`` at WARNING, as
-    ``segnode serve`` sets them) is kept in ``log``.
+    ``node`` overrides keys of ``node``, ``settings`` adds other sections
+    (``timing``, ``rules``). ``SCANNER`` may call from 127.0.0.1;
+    ``REMOTEONLY`` only from 10.0.0.0/8. The node's log (``node`` loggers
+    at INFO, ``pynetdicom`` at WARNING, as ``segnode serve`` sets them) is
+    kept in ``log``.
     """
     config = NodeConfig(
         node={"port": _free_port(), "max_associations": 4, **_TIMEOUTS, **node},
@@ -119,6 +122,7 @@ def node_under_test(root: Path, **node: Any) -> Iterator[NodeUnderTest]:
         storage={"spool_dir": root / "spool", "quarantine_dir": root / "quarantine",
                  "output_dir": root / "out", "min_free_disk_mb": 0},
         database={"url": f"sqlite:///{root}/catalogue.db"},
+        **(settings or {}),
     )
     catalogue = Catalogue(config.database_url)
     spool = Spool(config.storage.spool_dir)
