@@ -18,9 +18,10 @@ receiving and every waiting study the assembler keeps when, on the
 monotonic clock, its current newest arrival began its quiet. The wall
 clock only says how long ago that arrival was, and never counts from before
 the previous look (the arrival came after it), so a jump shifts the quiet
-time by one poll interval at most; at the first look after a start the wall
-clock alone counts. A series is completed only if its newest arrival time
-is still the one watched, so an instance arriving meanwhile keeps it open.
+time by one poll interval at most; nor from before the assembler started,
+so time the node was down (when nobody could send) never counts as quiet.
+A series is completed only if its newest arrival time is still the one
+watched, so an instance arriving meanwhile keeps it open.
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ class Assembler:
         self.queue = queue
         self.metrics = metrics
         self._monotonic = monotonic
+        #: Quiet time counts only while the node is up: a sender cannot send to a stopped node.
+        self._started = monotonic()
         #: Watched series and studies: (newest arrival seen, monotonic start of its quiet,
         #: monotonic time of the last look).
         self._watches: dict[Hashable, tuple[float, float, float]] = {}
@@ -75,10 +78,10 @@ class Assembler:
         watch = self._watches.get(key)
         if watch is None or watch[0] != last_received_at:
             # Quiet for as long as the wall clock says, but never since before the last look
-            # (the arrival came after it), so a clock jump counts for one poll at most.
+            # (the arrival came after it) or the start, so a clock jump counts for one poll
+            # at most and the time the node was down not at all.
             elapsed = max(0.0, self.catalogue.clock() - last_received_at)
-            if watch is not None:
-                elapsed = min(elapsed, now - watch[2])
+            elapsed = min(elapsed, now - (watch[2] if watch is not None else self._started))
             watch = (last_received_at, now - elapsed, now)
         self._watches[key] = (watch[0], watch[1], now)
         return now - watch[1] > quiet_s

@@ -207,11 +207,12 @@ def test_unprocessed_series_complete_with_the_reason_and_no_job(
 ) -> None:
     catalogue = new_catalogue(tmp_path, clock)
     queue = SqlJobQueue(catalogue)
+    assembler = Assembler(_config(), catalogue, queue, monotonic=clock)
     for sop in ("1.1", "1.2", "1.3"):
         catalogue.record_instance(record(sop, **{**MR_ATTRS, **series_attrs}),
                                   reopen_complete=True)
     clock.advance(31)
-    assert Assembler(_config(), catalogue, queue, monotonic=clock).run_once() == 0
+    assert assembler.run_once() == 0
     row = catalogue.get_series(SERIES)
     assert row["state"] == "complete" and row["decision"].startswith(reason)
     assert row["job_id"] is None and queue.list() == []
@@ -248,6 +249,17 @@ def test_a_wall_clock_jump_neither_hurries_nor_holds_the_quiet_time(
     monotonic.advance(21)  # 31 s of quiet on the monotonic clock
     assert assembler.run_once() == 1
     assert [job.series_uid for job in queue.list()] == [SERIES]
+
+
+def test_time_the_node_was_down_is_not_quiet_time(catalogue: Catalogue, clock: FakeClock
+                                                  ) -> None:
+    queue = SqlJobQueue(catalogue)
+    _send(catalogue, clock, ["1.1", "1.2", "1.3"])
+    clock.advance(600)  # the node was down (killed, restarting) for ten minutes
+    assembler = Assembler(_config(quiet_s=30), catalogue, queue, monotonic=clock)
+    assert assembler.run_once() == 0  # the sender may resume any moment
+    clock.advance(31)
+    assert assembler.run_once() == 1
 
 
 def test_reopened_series_gets_a_new_job_after_the_quiet_time(
@@ -330,7 +342,8 @@ def test_a_late_station_reruns_the_whole_study(catalogue: Catalogue, clock: Fake
 
 def test_a_late_instance_sends_a_waiting_series_back_to_receiving(catalogue: Catalogue,
                                                                   clock: FakeClock) -> None:
-    assembler = Assembler(_config(whole_study=True), catalogue, SqlJobQueue(catalogue))
+    assembler = Assembler(_config(whole_study=True), catalogue, SqlJobQueue(catalogue),
+                          monotonic=clock)
     _send(catalogue, clock, ["1.1", "1.2", "1.3"])
     clock.advance(31)
     assembler.run_once()

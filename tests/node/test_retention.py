@@ -39,6 +39,10 @@ class World:
     config: NodeConfig
     outputs: Path
 
+    def __post_init__(self) -> None:
+        # Made with the world: quiet time counts from the assembler's start.
+        self.assembler = Assembler(self.config, self.catalogue, self.queue, monotonic=self.clock)
+
     def receive(self, sop: str, series: str = SERIES) -> Path:
         """Store a real spool file and catalogue it, as the receiver does."""
         data = f"instance {sop}".encode()
@@ -52,7 +56,7 @@ class World:
     def process(self, series: str = SERIES, *, job_fails: bool = False) -> int:
         """Let the series go quiet, run its job (writing outputs) and queue its deliveries."""
         self.clock.advance(self.config.timing.series_quiet_s + 1)
-        assert Assembler(self.config, self.catalogue, self.queue).run_once() == 1
+        assert self.assembler.run_once() == 1
         job = self.queue.claim()
         assert job is not None and job.series_uid == series
         folder = self.outputs / f"job-{job.id}"
@@ -166,7 +170,7 @@ def test_retention_counts_from_the_end_of_the_job(world: World) -> None:
     """A series that waited days in the queue is kept for retention_days after its job."""
     world.receive("1.1")
     world.clock.advance(31)
-    assert Assembler(world.config, world.catalogue, world.queue).run_once() == 1
+    assert world.assembler.run_once() == 1
     world.clock.advance(5 * DAY)  # a long queue
     job = world.queue.claim()
     world.queue.complete(job.id, {})
