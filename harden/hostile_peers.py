@@ -512,18 +512,26 @@ _ATTACKS: list[tuple[Callable[[NodeUnderTest, int], CheckResult], str]] = [
 ]
 
 
-def run(budget: str = "short") -> list[CheckResult]:
-    """Every attack against its own fresh node; ``budget`` is ``"short"`` or ``"long"``."""
+def run(budget: str = "short",
+        inspect: Callable[[CheckResult, NodeUnderTest], None] | None = None
+        ) -> list[CheckResult]:
+    """Every attack against its own fresh node; ``budget`` is ``"short"`` or ``"long"``.
+
+    ``inspect`` is called with each row and its node while the node still runs.
+    """
     counts = _COUNTS[budget]
     rows = []
     with tempfile.TemporaryDirectory(prefix="segnode-hostile-") as folder:
         for index, (attack, key) in enumerate(_ATTACKS):
             with node_under_test(Path(folder) / str(index)) as node:
                 try:
-                    rows.append(attack(node, counts[key]))
+                    row = attack(node, counts[key])
                 except Exception as exc:  # noqa: BLE001 - a crashed attack is a failed row
-                    rows.append(CheckResult(f"hostile: {attack.__name__}", counts[key], 1,
-                                            "attack crashed", [f"{type(exc).__name__}: {exc}"]))
+                    row = CheckResult(f"hostile: {attack.__name__}", counts[key], 1,
+                                      "attack crashed", [f"{type(exc).__name__}: {exc}"])
+                rows.append(row)
+                if inspect is not None:
+                    inspect(row, node)
     return rows
 
 
