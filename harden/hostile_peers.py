@@ -177,15 +177,15 @@ def scu(*contexts: str) -> AE:
     return ae
 
 
-def associate(ae: AE, node: NodeUnderTest) -> Any:
-    """``ae`` associated with the node, with TCP_NODELAY on its socket.
+def associate(ae: AE, port: int, called: str, timeout_s: float) -> Any:
+    """``ae`` associated with ``called`` on 127.0.0.1, with TCP_NODELAY on its socket.
 
     Without it the command and data set PDUs of each C-STORE meet the
     receiver's delayed ACK (Nagle): about 40 ms per tiny instance on Linux,
     which would measure the client's socket, not the node.
     """
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = node.limit_s
-    return ae.associate("127.0.0.1", node.port, ae_title=node.config.node.ae_title,
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
+    return ae.associate("127.0.0.1", port, ae_title=called,
                         evt_handlers=[(evt.EVT_CONN_OPEN, _no_delay)])
 
 
@@ -202,7 +202,7 @@ def probe(node: NodeUnderTest, deadline_s: float) -> tuple[float | None, str]:
     ae = scu(Verification, CTImageStorage)
     start, why = time.monotonic(), ""
     while time.monotonic() - start < deadline_s:
-        assoc = associate(ae, node)
+        assoc = associate(ae, node.port, node.config.node.ae_title, node.limit_s)
         if not assoc.is_established:
             why = "rejected" if assoc.is_rejected else "no association"
             time.sleep(0.05)
@@ -445,7 +445,8 @@ def many_tiny_instances(node: NodeUnderTest, count: int) -> CheckResult:
     """``count`` 8 x 8 instances over one association, all of which must be catalogued."""
     series, study = _series()
     outcome = _Outcome("hostile: tiny instances on one association", count)
-    assoc = associate(scu(CTImageStorage), node)
+    assoc = associate(scu(CTImageStorage), node.port, node.config.node.ae_title,
+                      node.limit_s)
     start = time.monotonic()
     served: Callable[[], Any] | None = None
     bad = 0

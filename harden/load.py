@@ -11,6 +11,9 @@ instances are catalogued, and late ones reopen them.
 Not here: jobs do not run (no worker; inference would measure the model,
 not the listener, and is too heavy for ``make test`` on 2 cores), so the
 CPU competition is the assembler's and the senders' own, not a model's.
+The senders are threads of this process, so they share the node's GIL; a
+variant with one child process per sender reached the same throughput
+(short budget) but costs seconds of start-up that ``make test`` lacks.
 
 Pass: every C-STORE answered Success, catalogue rows == instances sent,
 every series complete with its job once the load is over, and no assembler
@@ -57,8 +60,16 @@ class _Sender:
     problems: list[str] = field(default_factory=list)
 
     def send(self, node: NodeUnderTest, count: int, start: threading.Barrier) -> None:
-        assoc = associate(scu(CTImageStorage), node)
-        start.wait()
+        try:
+            self._send(node, count, start)
+        except Exception as exc:  # noqa: BLE001 - a crashed sender is a finding
+            start.abort()
+            self.problems.append(f"sender crashed: {type(exc).__name__}: {exc}")
+
+    def _send(self, node: NodeUnderTest, count: int, start: threading.Barrier) -> None:
+        assoc = associate(scu(CTImageStorage), node.port, node.config.node.ae_title,
+                          node.limit_s)
+        start.wait(timeout=30)
         if not assoc.is_established:
             self.problems.append("association not established")
             return
@@ -68,10 +79,13 @@ class _Sender:
                 series = generate_uid()
             ds = tiny_instance(series, study, number % _SERIES_SIZE + 1)
             began = time.monotonic()
-            status = assoc.send_c_store(ds)
+            status = getattr(assoc.send_c_store(ds), "Status", None)
             self.latencies.append(time.monotonic() - began)
-            if getattr(status, "Status", None) != 0:
-                self.problems.append(f"instance {number}: status {getattr(status, 'Status', None)}")
+            if status != 0:
+                self.problems.append(f"instance {number}: status {status}")
+                if not assoc.is_established:
+                    self.problems.append(f"association lost after {number + 1} instances")
+                    return
         assoc.release()
 
 
