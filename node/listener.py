@@ -22,7 +22,6 @@ middle of a PDU is cut off like an idle one.
 from __future__ import annotations
 
 import logging
-import socket
 import ssl
 import threading
 import time
@@ -191,7 +190,6 @@ class Listener:
         sock = event.assoc.dul.socket.socket
         if sock is not None:
             sock.settimeout(self.config.node.network_timeout_s)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def _on_requested(self, event: Any) -> None:
         assoc = event.assoc
@@ -250,7 +248,7 @@ class Listener:
         if stats is None:
             return
         seconds = time.monotonic() - stats.started
-        if not stats.calling_ae:
+        if stats.result == "closed" and not stats.calling_ae:
             self._log_throttled(logger.info, ("no request", "", stats.address),
                                 "connection from %s closed after %.1f s before an association "
                                 "request", stats.address, seconds)
