@@ -10,7 +10,7 @@ TORCH_PINS  := torch==2.14.1 torchvision==0.29.1
 STAMP       := $(VENV)/.segnode-installed
 DEMO_OUT    ?= out/demo
 
-.PHONY: all setup run test test-fast lint peers clean demo-model bench bench-receive bench-inference bench-e2e bench-overhead bench-stitch bench-seg bench-scale
+.PHONY: all setup run test test-fast lint peers clean demo-model fuzz harden bench bench-receive bench-inference bench-e2e bench-overhead bench-stitch bench-seg bench-scale
 
 all: test
 
@@ -50,9 +50,23 @@ test: $(STAMP) peers
 	$(BIN)/python -m pytest -q -ra
 
 lint: $(STAMP)
-	$(BIN)/ruff check node dicom_io model segnode_errors tests scripts bench
+	$(BIN)/ruff check node dicom_io model segnode_errors tests scripts bench harden
 	$(BIN)/hadolint Dockerfile
 	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec deploy/compose.yaml
+
+# Long fuzz campaigns: FUZZ_SECONDS per target with segnode's mutators (sandboxed), then
+# as long again per target with atheris (coverage-guided libFuzzer); about 70 minutes.
+FUZZ_SECONDS ?= 600
+fuzz: $(STAMP)
+	$(BIN)/python -m harden.fuzz --seconds $(FUZZ_SECONDS) --out .harden/fuzz
+	for target in receive series config; do \
+		$(BIN)/python -m harden.fuzz_atheris $$target --seconds $(FUZZ_SECONDS) || exit 1; \
+	done
+
+# The whole hardening suite with long budgets, one table (check, tried, failures, figure),
+# also in .harden/summary.json (root, for the network namespaces; about 2 hours).
+harden: $(STAMP) peers
+	$(BIN)/python -m harden.run_all --budget long
 
 # Every speed and memory target in one table next to its peer, also written to
 # .bench/summary.json (about 30 minutes on 2 cores; the receive part needs root).
