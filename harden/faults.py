@@ -386,9 +386,3 @@ def run(budget: str = "short") -> list[CheckResult]:
         finally:
             orthanc.close()
     return rows
-
-
-if __name__ == "__main__":
-    from harden.results import format_table
-
-    print(format_table(run(sys.argv[1] if len(sys.argv) > 1 else "short")))

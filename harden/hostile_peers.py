@@ -10,12 +10,11 @@ bounded number of times (not once per packet or attempt).
 
 Usage::
 
-    .venv/bin/python -m harden.hostile_peers [--budget short|long]
+    .venv/bin/python -m harden.run_all --only hostile_peers [--budget short|long]
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import selectors
 import socket
@@ -47,7 +46,7 @@ from pynetdicom.presentation import AllStoragePresentationContexts, build_contex
 from pynetdicom.sop_class import CTImageStorage, Verification
 from pynetdicom.transport import AddressInformation
 
-from harden.results import CheckResult, format_table
+from harden.results import CheckResult
 from node.catalogue import Catalogue
 from node.config import NodeConfig
 from node.listener import Listener
@@ -555,17 +554,3 @@ def run(budget: str = "short",
                 if inspect is not None:
                     inspect(row, node)
     return rows
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget", choices=sorted(_COUNTS), default="short")
-    rows = run(parser.parse_args().budget)
-    print(format_table(rows))
-    for row in rows:
-        for finding in row.findings:
-            print(f"{row.check}: {finding}")
-
-
-if __name__ == "__main__":
-    main()

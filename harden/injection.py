@@ -13,12 +13,11 @@ Chromium (no dialog, no script flag, no injected element); no log record,
 formatted as text or JSON, holds a raw control character or the patient's
 name or ID. One row per case.
 
-Run: ``python -m harden.injection [--budget long]``.
+Run: ``python -m harden.run_all --only injection [--budget short|long]``.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import logging
 import os
@@ -37,7 +36,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage, Verification
 
-from harden.results import CheckResult, format_table
+from harden.results import CheckResult
 from node.catalogue import Catalogue
 from node.config import NodeConfig
 from node.jobqueue import SqlJobQueue
@@ -336,19 +335,3 @@ def _description_row(node: _Node, described: list[pydicom.Dataset], statuses: li
                        len(described), len(findings),
                        f"stored {sum(s is not None for s in stored)}, longest {longest} chars, "
                        "C-ECHO after", findings)
-
-
-def main() -> int:
-    """Print the table; exit 1 when a row failed."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget", choices=("short", "long"), default="short")
-    rows = run(parser.parse_args().budget)
-    print(format_table(rows))
-    for row in rows:
-        for finding in row.findings:
-            print(f"  {row.check}: {finding}")
-    return 0 if all(r.passed for r in rows) else 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -22,12 +22,11 @@ response time (``send_c_store`` call to response, per instance).
 
 Usage::
 
-    .venv/bin/python -m harden.load [--budget short|long]
+    .venv/bin/python -m harden.run_all --only load [--budget short|long]
 """
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 import threading
@@ -39,7 +38,7 @@ from pydicom.uid import generate_uid
 from pynetdicom.sop_class import CTImageStorage
 
 from harden.hostile_peers import NodeUnderTest, associate, node_under_test, scu, tiny_instance
-from harden.results import CheckResult, format_table
+from harden.results import CheckResult
 from node.assembler import Assembler
 from node.catalogue import jobs
 from node.jobqueue import SqlJobQueue
@@ -167,17 +166,3 @@ def run(budget: str = "short") -> list[CheckResult]:
                             f"{series_total} series complete with jobs; slowest pass "
                             f"{loop.slowest_s * 1000:.0f} ms", assembler_findings)
     return [load, assembled]
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget", choices=sorted(_BUDGETS), default="short")
-    rows = run(parser.parse_args().budget)
-    print(format_table(rows))
-    for row in rows:
-        for finding in row.findings:
-            print(f"{row.check}: {finding}")
-
-
-if __name__ == "__main__":
-    main()

@@ -8,12 +8,11 @@ DCMTK's ``echoscu +tls`` tries the same port when installed. Then
 certificate, one from another CA and one for another host name: each must
 be refused, a valid one accepted. One row per case.
 
-Run: ``python -m harden.tls_matrix [--budget long]``.
+Run: ``python -m harden.run_all --only tls_matrix [--budget short|long]``.
 """
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import socket
 import ssl
@@ -27,7 +26,7 @@ from pathlib import Path
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
-from harden.results import CheckResult, format_table
+from harden.results import CheckResult
 from node.catalogue import Catalogue
 from node.config import DestinationConfig, ListenerConfig, NodeConfig
 from node.listener import Listener, server_ssl_context
@@ -315,19 +314,3 @@ def run(budget: str = "short") -> list[CheckResult]:
             rows += _dcmtk(port, pki)
         rows += _scu_rows(pki, repeats)
     return rows
-
-
-def main() -> int:
-    """Print the table; exit 1 when a row failed."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget", choices=("short", "long"), default="short")
-    rows = run(parser.parse_args().budget)
-    print(format_table(rows))
-    for row in rows:
-        for finding in row.findings:
-            print(f"  {row.check}: {finding}")
-    return 0 if all(r.passed for r in rows) else 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

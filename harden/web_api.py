@@ -12,12 +12,11 @@ date unless ``web.show_patient_names`` is on (the birth date never); every
 response carries ``Cache-Control: no-store`` and the anti-sniffing, framing
 and referrer headers. One row per case.
 
-Run: ``python -m harden.web_api [--budget long]``.
+Run: ``python -m harden.run_all --only web_api [--budget short|long]``.
 """
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import re
@@ -31,7 +30,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
-from harden.results import CheckResult, format_table
+from harden.results import CheckResult
 from node.catalogue import Catalogue
 from node.config import NodeConfig
 from node.jobqueue import SqlJobQueue
@@ -211,19 +210,3 @@ def run(budget: str = "short") -> list[CheckResult]:
             for site in sites.values():
                 site.close()
     return rows
-
-
-def main() -> int:
-    """Print the table; exit 1 when a row failed."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget", choices=("short", "long"), default="short")
-    rows = run(parser.parse_args().budget)
-    print(format_table(rows))
-    for row in rows:
-        for finding in row.findings:
-            print(f"  {row.check}: {finding}")
-    return 0 if all(r.passed for r in rows) else 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
