@@ -22,7 +22,9 @@ Tables
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -246,6 +248,32 @@ def _sqlite_begin(connection: Connection) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
+#: One lock per SQLite file for the writers of this process: they queue on it instead of
+#: polling SQLite's lock (busy_timeout sleeps up to 100 ms a try and lets newcomers in
+#: first, which starved some writers for seconds under concurrent associations).
+_SQLITE_WRITERS: dict[str, threading.RLock] = {}
+_SQLITE_WRITERS_GUARD = threading.Lock()
+
+
+def _sqlite_writer_lock(url: str) -> threading.RLock:
+    with _SQLITE_WRITERS_GUARD:
+        return _SQLITE_WRITERS.setdefault(url, threading.RLock())
+
+
+@contextmanager
+def _holding(lock: threading.RLock | contextlib.nullcontext) -> Iterator[None]:
+    """Hold ``lock`` for a write, giving up after SQLite's own busy timeout (30 s)."""
+    if isinstance(lock, contextlib.nullcontext):
+        yield
+        return
+    if not lock.acquire(timeout=30):
+        raise TimeoutError("the catalogue's write lock was not free within 30 s")
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 class Catalogue:
     """The database behind the node; safe to share between threads.
 
@@ -267,9 +295,11 @@ class Catalogue:
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.engine: Engine = sa.create_engine(url, future=True, pool_pre_ping=True)
+        self._writers: threading.RLock | contextlib.nullcontext = contextlib.nullcontext()
         if self.engine.dialect.name == "sqlite":
             sa.event.listen(self.engine, "connect", _sqlite_connect)
             sa.event.listen(self.engine, "begin", _sqlite_begin)
+            self._writers = _sqlite_writer_lock(url)
         schema.upgrade(self.engine)
 
     @property
@@ -280,7 +310,7 @@ class Catalogue:
     @contextmanager
     def begin(self) -> Iterator[Connection]:
         """A write transaction, committed when the block ends without an exception."""
-        with self.engine.connect() as connection:
+        with _holding(self._writers), self.engine.connect() as connection:
             connection.execution_options(segnode_write=True)
             with connection.begin():
                 if connection.dialect.name == "postgresql":

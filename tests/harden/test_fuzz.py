@@ -20,7 +20,7 @@ def test_short_campaign_finds_nothing_and_exercises_both_outcomes(tmp_path: Path
     assert [r.check for r in rows] == [f"fuzz: {t}" for t in TARGETS]
     for row in rows:
         assert row.failures == 0, "\n".join(row.findings)
-        assert row.tried >= 25
+        assert row.tried >= 20
         # Both promises were tested: some inputs were taken, some refused with a reason.
         assert "accepted 0," not in row.figure, row.figure
         if row.check != "fuzz: stations":
