@@ -17,9 +17,10 @@ neither completes a series early nor holds it back: for every series still
 receiving and every waiting study the assembler keeps when, on the
 monotonic clock, its current newest arrival began its quiet. The wall
 clock only says how long ago that arrival was, and never counts from before
-the previous look (the arrival came after it), so a jump shifts the quiet
-time by one poll interval at most; nor from before the assembler started,
-so time the node was down (when nobody could send) never counts as quiet.
+the previous look at it (or, for one not seen before, the previous round:
+the arrival came after it), so a jump shifts the quiet time by one poll
+interval at most, and time the node was down (when nobody could send)
+never counts as quiet.
 A series is completed only if its newest arrival time is still the one
 watched, so an instance arriving meanwhile keeps it open.
 """
@@ -66,8 +67,9 @@ class Assembler:
         self.queue = queue
         self.metrics = metrics
         self._monotonic = monotonic
-        #: Quiet time counts only while the node is up: a sender cannot send to a stopped node.
-        self._started = monotonic()
+        #: When the previous round began (first: the start). Quiet time never counts from
+        #: before it, so time the node was down (when nobody could send) is not quiet time.
+        self._previous_round = monotonic()
         #: Watched series and studies: (newest arrival seen, monotonic start of its quiet,
         #: monotonic time of the last look).
         self._watches: dict[Hashable, tuple[float, float, float]] = {}
@@ -78,10 +80,10 @@ class Assembler:
         watch = self._watches.get(key)
         if watch is None or watch[0] != last_received_at:
             # Quiet for as long as the wall clock says, but never since before the last look
-            # (the arrival came after it) or the start, so a clock jump counts for one poll
-            # at most and the time the node was down not at all.
+            # at it or, new, the previous round (the arrival came after them), so a clock jump
+            # counts for one poll at most and the time the node was down not at all.
             elapsed = max(0.0, self.catalogue.clock() - last_received_at)
-            elapsed = min(elapsed, now - (watch[2] if watch is not None else self._started))
+            elapsed = min(elapsed, now - (watch[2] if watch is not None else self._previous_round))
             watch = (last_received_at, now - elapsed, now)
         self._watches[key] = (watch[0], watch[1], now)
         return now - watch[1] > quiet_s
@@ -92,7 +94,11 @@ class Assembler:
 
     def run_once(self) -> int:
         """Decide every quiet series, then every quiet study; returns how many jobs were queued."""
-        return self._decide_series() + self._queue_studies()
+        started = self._monotonic()
+        try:
+            return self._decide_series() + self._queue_studies()
+        finally:
+            self._previous_round = started
 
     def _decide_series(self) -> int:
         quiet_s = self.config.timing.series_quiet_s
