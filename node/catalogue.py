@@ -381,8 +381,10 @@ class Catalogue:
 
     def receiving_series(self) -> list[SeriesRow]:
         """Every series still receiving, with its instance count, oldest arrival first."""
-        counts = (
+        receiving = sa.select(series.c.series_uid).where(series.c.state == RECEIVING)
+        counts = (  # only the receiving series' instances are counted (this runs every poll)
             sa.select(instances.c.series_uid, sa.func.count().label("n"))
+            .where(instances.c.series_uid.in_(receiving))
             .group_by(instances.c.series_uid).subquery()
         )
         query = (
