@@ -37,6 +37,8 @@ import ssl
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,33 +149,6 @@ class PeerHTTPError(RuntimeError):
         self.status = status
 
 
-_HTTP_SNIPPET = r"""
-import sys, urllib.error, urllib.request
-method, url, timeout, ctype = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
-data = sys.stdin.buffer.read() if method in ("POST", "PUT") else None
-req = urllib.request.Request(url, data=data, method=method)
-if data is not None:
-    req.add_header("Content-Type", ctype)
-try:
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        sys.stdout.buffer.write(resp.read())
-except urllib.error.HTTPError as exc:
-    sys.stderr.write(f"{exc.code}\n{exc.read()[:2000]!r}\n")
-    sys.exit(3)
-except OSError as exc:
-    sys.stderr.write(f"0\n{type(exc).__name__}: {exc}\n")
-    sys.exit(4)
-"""
-
-_FREE_PORTS_SNIPPET = r"""
-import socket, sys
-socks = [socket.socket() for _ in range(int(sys.argv[1]))]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-"""
-
-
 class NetNamespace:
     """A private network namespace with only its loopback interface up.
 
@@ -266,11 +241,11 @@ class NetNamespace:
         list[int]
             The ports (closed again; nothing else runs in a private namespace).
         """
-        out = self.run(
-            [sys.executable, "-c", _FREE_PORTS_SNIPPET, str(count)],
-            capture_output=True, text=True, check=True, timeout=30,
-        )
-        return [int(p) for p in out.stdout.split()]
+        with self.entered(), contextlib.ExitStack() as stack:
+            socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+            for sock in socks:
+                sock.bind(("127.0.0.1", 0))
+            return [sock.getsockname()[1] for sock in socks]
 
     def free_port(self) -> int:
         """Choose one free TCP port on 127.0.0.1 inside the namespace."""
@@ -327,7 +302,7 @@ class NetNamespace:
         content_type: str = "application/json",
         timeout: float = 30.0,
     ) -> bytes:
-        """Make one HTTP request from inside the namespace (urllib in a subprocess).
+        """Make one HTTP request from inside the namespace (urllib on this thread, entered).
 
         Parameters
         ----------
@@ -352,15 +327,18 @@ class NetNamespace:
         PeerHTTPError
             On an HTTP error status (``status`` set) or no answer (``status`` None).
         """
-        proc = self.run(
-            [sys.executable, "-c", _HTTP_SNIPPET, method, url, str(timeout), content_type],
-            input=data or b"", capture_output=True, timeout=timeout + 15,
-        )
-        if proc.returncode != 0:
-            first, _, rest = proc.stderr.decode(errors="replace").partition("\n")
-            status = int(first) if first.isdigit() and int(first) > 0 else None
-            raise PeerHTTPError(f"{method} {url}: {first} {rest.strip()}", status)
-        return proc.stdout
+        body = (data or b"") if method in ("POST", "PUT") else None
+        request = urllib.request.Request(url, data=body, method=method)
+        if body is not None:
+            request.add_header("Content-Type", content_type)
+        try:
+            with self.entered(), urllib.request.urlopen(request, timeout=timeout) as response:
+                return response.read()
+        except urllib.error.HTTPError as exc:
+            raise PeerHTTPError(f"{method} {url}: {exc.code} {exc.read()[:2000]!r}",
+                                exc.code) from exc
+        except OSError as exc:
+            raise PeerHTTPError(f"{method} {url}: 0 {type(exc).__name__}: {exc}") from exc
 
     def http_get_json(self, url: str, *, timeout: float = 30.0) -> Any:
         """GET ``url`` inside the namespace and decode the JSON answer."""

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 
 import pytest
@@ -23,8 +24,9 @@ def test_no_fault_loses_or_duplicates_anything() -> None:
         assert row.figure.startswith(("lost: 0, duplicated: 0", "not run"))
     kills = rows["fault: SIGKILL (receive, job, dispatch)"]
     assert "receive 1, job 1, dispatch 1" in kills.figure  # each point was hit
-    assert "refused first" in rows["fault: PACS refusing, then accepting"].figure
-    assert "0 deliveries" not in rows["fault: PACS refusing, then accepting"].figure
+    refused = re.search(r"(\d+) deliveries refused first",
+                        rows["fault: PACS refusing, then accepting"].figure)
+    assert refused and int(refused.group(1)) > 0  # the PACS did refuse before it accepted
     if os.geteuid() == 0:  # the spool tmpfs needs root
         assert "failed part way" in rows["fault: disk full mid-series"].figure
     if shutil.which("cc") or shutil.which("gcc"):

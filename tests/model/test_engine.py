@@ -334,7 +334,12 @@ def test_compiled_folds_give_the_eager_labels(tiny_model_dir: Path) -> None:
 
 @pytest.mark.slow
 def test_bf16_agrees_with_fp32_on_the_demo_model() -> None:
-    """The trained demo network: bf16 autocast changes at most 0.1 % of the foreground labels."""
+    """The trained demo network: bf16 autocast changes at most 0.2 % of the foreground labels.
+
+    One patch of the abdomen at the model's 4 mm, without mirroring, as bf16 runs slowly
+    on a CPU (15 s for this patch, fp32 2 s). A crop has more boundary per volume than a
+    body, where the labels that flip lie: 0.09 % flipped here.
+    """
     from model.packs import DEMO_PACK_DIR, is_nnunet_folder
     from model.phantom import Phantom, make_grid
     from model.store import ModelStore
@@ -343,9 +348,12 @@ def test_bf16_agrees_with_fp32_on_the_demo_model() -> None:
         pytest.skip("model/demo_model not built yet")
     pack = ModelStore(Path("/nonexistent-models")).resolve(None)
     rng = np.random.default_rng(3)
-    image, _ = Phantom(11).sample(make_grid("axial", (2.0, 2.0, 4.0), rng=rng), rng=rng)
-    fp32 = SegmentationEngine(pack, device="cpu", precision="fp32").segment(image).array
-    bf16 = SegmentationEngine(pack, device="cpu", precision="bf16").segment(image).array
+    grid = make_grid("axial", (4.0, 4.0, 4.0), fov_mm=(192.0, 256.0, 256.0), rng=rng)
+    image, _ = Phantom(11).sample(grid, rng=rng)
+    fp32, bf16 = (SegmentationEngine(pack, device="cpu", precision=precision,
+                                     use_mirroring=False, tile_step_size=1.0)
+                  .segment(image).array
+                  for precision in ("fp32", "bf16"))
     foreground = (fp32 > 0) | (bf16 > 0)
-    assert foreground.sum() > 1000
-    assert np.mean(fp32[foreground] == bf16[foreground]) >= 0.999
+    assert foreground.sum() > 10000
+    assert np.mean(fp32[foreground] == bf16[foreground]) >= 0.998

@@ -63,10 +63,16 @@ class Series:
     series_uid: str
 
 
-def write_phantom(root: Path, name: str, *, fov_mm: tuple[float, float, float] | None = None,
+#: Field of view (slice, column, row axes; mm) of the phantoms here: the abdomen, one patch
+#: of the demo model (a body-sized one takes several seconds more per job on 2 cores).
+ABDOMEN_FOV_MM = (192.0, 256.0, 256.0)
+
+
+def write_phantom(root: Path, name: str, *,
+                  fov_mm: tuple[float, float, float] | None = ABDOMEN_FOV_MM,
                   **patient: str) -> Series:
-    """An axial MR phantom at 8 x 4 x 4 mm (small enough to segment fast), body-sized
-    unless ``fov_mm`` says otherwise; ``patient`` goes to :func:`write_series`."""
+    """An axial MR phantom at 8 x 4 x 4 mm over ``fov_mm`` (None: the whole body);
+    ``patient`` goes to :func:`write_series`."""
     seed = sum(map(ord, name))
     grid = make_grid("axial", (8.0, 4.0, 4.0), fov_mm=fov_mm)
     image, _ = Phantom(seed=seed, jitter=0.5).sample(grid, modality="MR")
@@ -205,9 +211,10 @@ def node_running(setup: Setup) -> None:
         setup.node.start()
 
 
-def send_phantom(setup: Setup, name: str) -> Series:
+def send_phantom(setup: Setup, name: str, *,
+                 fov_mm: tuple[float, float, float] | None = ABDOMEN_FOV_MM) -> Series:
     """Write a phantom series and send it to the node with storescu (one association)."""
-    series = write_phantom(setup.root / "data", name)
+    series = write_phantom(setup.root / "data", name, fov_mm=fov_mm)
     result = storescu(series.folder, "127.0.0.1", setup.node.port, called_aet="SEGNODE",
                       netns=setup.ns)
     assert result.returncode == 0, result.stderr
@@ -281,7 +288,9 @@ def test_storescu_series_comes_back_as_seg_and_sr_at_orthanc(setup: Setup) -> No
 
 
 def test_a_rule_with_two_packs_sends_a_seg_per_pack_and_one_sr(setup: Setup) -> None:
-    series = send_phantom(setup, "two packs")
+    # The stand-ins run at 2 mm with a 16^3 patch: a body-sized field of view takes
+    # minutes per pack on 2 cores, this one seconds.
+    series = send_phantom(setup, "two packs", fov_mm=(96.0, 128.0, 128.0))
 
     def two_segs_and_sr() -> bool:
         found = _outputs_for(setup.orthanc, series.series_uid)
@@ -368,7 +377,8 @@ def test_orthanc_down_deliveries_retry_and_arrive_when_it_is_back(setup: Setup) 
 
 
 def test_sigkill_while_receiving_loses_nothing_acknowledged(setup: Setup) -> None:
-    series = write_phantom(setup.root / "data", "kill-receiving")
+    # Body-sized (68 slices), so that the kill lands while the series is still arriving.
+    series = write_phantom(setup.root / "data", "kill-receiving", fov_mm=None)
     acknowledged: list[str] = []
     ae = AE(ae_title="SENDER")
     ae.add_requested_context(MRImageStorage, ExplicitVRLittleEndian)
@@ -503,7 +513,7 @@ def test_whole_body_stations_in_separate_associations(setup: Setup) -> None:
     replaces it and ends up with one SEG per station and one SR.
     """
     phantom = write_station_phantom(setup.root / "data" / "wb", stations=3, overlap_mm=40.0,
-                                    length_mm=560.0, seed=23)
+                                    length_mm=560.0, spacing_mm=(8.0, 4.0, 4.0), seed=23)
     folders = [station["image"] for station in phantom.folders]
     station_uids = [str(pydicom.dcmread(next(f.iterdir()), stop_before_pixels=True)
                         .SeriesInstanceUID) for f in folders]
