@@ -167,7 +167,7 @@ def _configure_logging(verbose: bool) -> None:
 _HANDLERS = {
     "segment": ("node.commands", "segment"),
     "demo": ("node.commands", "demo"),
-    "models": ("node.commands", "models"),
+    "models": ("node.model_commands", "models"),
     "serve": ("node.node_commands", "serve"),
     "worker": ("node.node_commands", "worker"),
     "status": ("node.node_commands", "status"),

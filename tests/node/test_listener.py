@@ -321,7 +321,7 @@ def test_full_disk_answers_out_of_resources_and_keeps_what_was_stored(start_list
 def test_concurrent_associations_lose_nothing(start_listener, series) -> None:
     node = start_listener(node={"ae_title": "SEGNODE", "port": free_local_port(),
                                 "max_associations": 8})
-    senders, per_sender = 4, 600
+    senders, per_sender = 4, 150  # harden.load sends 10 x 500
     failures: list[str] = []
 
     def send(worker: int) -> None:

@@ -134,7 +134,9 @@ def test_each_station_seg_lands_on_its_own_slices(body) -> None:
 
 
 def test_dixon_stations_are_segmented_once_with_four_segs_per_station(tmp_path: Path) -> None:
-    write_station_phantom(tmp_path / "dixon", stations=3, overlap_mm=40.0, dixon=True)
+    # 8 x 6 x 6 mm over 400 mm: five runs of the demo model, each a few patches.
+    write_station_phantom(tmp_path / "dixon", stations=3, overlap_mm=40.0, dixon=True,
+                          length_mm=400.0, spacing_mm=(8.0, 6.0, 6.0))
     run = _segment(tmp_path, tmp_path / "dixon")
     folder = run.only_folder()
     assert len(list(folder.glob("seg-*.dcm"))) == 12
@@ -151,7 +153,9 @@ def test_dixon_stations_are_segmented_once_with_four_segs_per_station(tmp_path: 
 
 
 def test_missing_middle_station_is_processed_and_flagged(tmp_path: Path) -> None:
-    phantom = write_station_phantom(tmp_path / "gap", stations=4, overlap_mm=30.0, skip=(1,))
+    slice_mm = 8.0
+    phantom = write_station_phantom(tmp_path / "gap", stations=4, overlap_mm=30.0, skip=(1,),
+                                    spacing_mm=(slice_mm, 6.0, 6.0))
     run = _segment(tmp_path, tmp_path / "gap")
     folder = run.only_folder()
     assert len(list(folder.glob("seg-*.dcm"))) == 3
@@ -161,8 +165,8 @@ def test_missing_middle_station_is_processed_and_flagged(tmp_path: Path) -> None
                   for n in (0, 2)]
     assert sorted(flag["between"]) == sorted(neighbours)
     gap_mm = float(flag["message"].split("gap of ")[1].split(" mm")[0])
-    station_mm = phantom.grids[1].shape[0] * 4.0
-    assert gap_mm == pytest.approx(station_mm - 2 * 30.0, abs=4.0)
+    station_mm = phantom.grids[1].shape[0] * slice_mm
+    assert gap_mm == pytest.approx(station_mm - 2 * 30.0, abs=slice_mm)
     assert "gap of" in run.stderr
     sr = pydicom.dcmread(folder / "sr.dcm")
     codes = {item.ConceptCodeSequence[0].CodeValue
