@@ -221,16 +221,20 @@ def send_phantom(setup: Setup, name: str, *,
     return series
 
 
+#: Files read from Orthanc, by (instance ID, FileUuid): a replaced instance has a new file.
+_FILES: dict[tuple[str, str], pydicom.Dataset] = {}
+
+
 def _outputs_for(orthanc: Orthanc, series_uid: str) -> dict[str, list[dict]]:
     """Orthanc's SEG and SR instances that reference ``series_uid``, by modality."""
     found: dict[str, list[dict]] = {"SEG": [], "SR": []}
-    for instance_id in orthanc.instances():
-        tags = orthanc.instance_tags(instance_id)
-        if tags.get("Modality") not in found:
-            continue
-        raw = pydicom.dcmread(io.BytesIO(orthanc.instance_file(instance_id)))
-        if _references(raw, series_uid):
-            found[str(tags["Modality"])].append({"id": instance_id, "dataset": raw})
+    for item in orthanc.rest_get("/instances?expand"):
+        key = (str(item["ID"]), str(item["FileUuid"]))
+        if key not in _FILES:
+            _FILES[key] = pydicom.dcmread(io.BytesIO(orthanc.instance_file(key[0])))
+        raw = _FILES[key]
+        if raw.get("Modality") in found and _references(raw, series_uid):
+            found[str(raw.Modality)].append({"id": key[0], "dataset": raw})
     return found
 
 
