@@ -66,7 +66,11 @@ def read_instance(path: Path) -> Dataset:
     if "Rows" not in ds or "Columns" not in ds:
         raise InputRejected(f"{path.name}: Rows or Columns is missing")
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-    samples = int(ds.get("SamplesPerPixel", 1))
+    try:
+        samples = int(ds.get("SamplesPerPixel", 1))
+    except (TypeError, ValueError) as exc:
+        raise InputRejected(f"{path.name}: SamplesPerPixel {ds.SamplesPerPixel!r} is not a "
+                            "number") from exc
     if photometric not in _GREY or samples != 1:
         raise InputRejected(
             f"{path.name}: colour image (PhotometricInterpretation {photometric}, "

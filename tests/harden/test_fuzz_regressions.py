@@ -98,6 +98,20 @@ def test_an_undecodable_element_is_a_rejection_naming_its_tag(
     assert any("element (0008,103E) cannot be decoded" in r.reason for r in result.rejected)
 
 
+def test_a_samples_per_pixel_of_the_wrong_vr_is_a_rejection_naming_it(
+        tmp_path: Path, phantom_series: list[bytes]) -> None:
+    """Found by the long series campaign: US turned IS, a value int() cannot read."""
+    data = bytearray(phantom_series[0])
+    at = data.find(b"\x28\x00\x02\x00US\x02\x00")  # SamplesPerPixel (0028,0002)
+    assert at > 0
+    data[at + 4: at + 6] = b"IS"
+    folder = _write_series(tmp_path / "s", [bytes(data), *phantom_series[1:]])
+    result = read_series(SeriesFiles("1.2.3", tuple(sorted(folder.iterdir()))))
+    assert any("SamplesPerPixel" in r.reason and "not a number" in r.reason
+               for r in result.rejected), [r.reason for r in result.rejected]
+    assert [v.volume.spatial_shape[0] for v in result.volumes] == [len(phantom_series) - 1]
+
+
 @pytest.mark.parametrize(("text", "expected"), [
     ("destinations: true\n", "destinations"),
     ("rules: " + "[" * 10000 + "]" * 10000 + "\n", "nests lists or mappings"),
