@@ -116,20 +116,23 @@ class _Node:
         self.proc = None
 
     def send(self, series: Series, *, attempts: int = 60) -> None:
-        """Send the series until one ``storescu`` of it succeeds (as a PACS retries)."""
-        self.sending.set()
-        try:
-            for _ in range(attempts):
+        """Send the series until one ``storescu`` of it succeeds (as a PACS retries).
+
+        ``sending`` is set while a ``storescu`` runs, not while the sender waits to retry.
+        """
+        for _ in range(attempts):
+            self.sending.set()
+            try:
                 result = storescu(series.folder, "127.0.0.1", self.port, called_aet="SEGNODE",
                                   netns=self.ns, timeout=20)
-                if result.returncode == 0:
-                    break
-                self.resends += 1
-                time.sleep(1.0)
-            else:
-                raise RuntimeError(f"series {series.folder.name} not accepted in {attempts} tries")
-        finally:
-            self.sending.clear()
+            finally:
+                self.sending.clear()
+            if result.returncode == 0:
+                break
+            self.resends += 1
+            time.sleep(1.0)
+        else:
+            raise RuntimeError(f"series {series.folder.name} not accepted in {attempts} tries")
         self.sent.append(series)
 
     def jobs_of(self, series: Series) -> list[Job]:
@@ -227,7 +230,16 @@ def _kill_soak(node: _Node, root: Path, count: int, kills: int, seed: int) -> Ch
     batch = _phantoms(root, "kill", count)
     before = node.orthanc.sop_instance_uids()
     rng = random.Random(seed)
-    sender = threading.Thread(target=lambda: [node.send(s) for s in batch], daemon=True)
+    gave_up: list[str] = []
+
+    def send_all() -> None:
+        try:
+            for series in batch:
+                node.send(series)
+        except RuntimeError as exc:  # the node refused a series 60 times running
+            gave_up.append(str(exc))
+
+    sender = threading.Thread(target=send_all, daemon=True)
     sender.start()
     outbox = Outbox(node.catalogue, RetryConfig())
     conditions: dict[str, Callable[[], bool]] = {
@@ -236,18 +248,28 @@ def _kill_soak(node: _Node, root: Path, count: int, kills: int, seed: int) -> Ch
         "dispatch": lambda: outbox.counts().get("pending", 0) > 0,
     }
     hits: dict[str, int] = {kind: 0 for kind in conditions}
+    killed = 0
     for n in range(kills):
+        if gave_up:
+            break
         kind = list(conditions)[n % len(conditions)]
+        if n:  # after a restart the node runs a while, as it would between crashes (killed
+            time.sleep(rng.uniform(1.0, 4.0))  # at once, it would never take a series in)
         if poll_until(conditions[kind], timeout=90, interval=0.02):
             time.sleep(rng.uniform(0.0, 0.3))
             hits[kind] += 1
         node.kill()
+        killed += 1
         time.sleep(0.5)
         node.start()
     sender.join(timeout=60 * count)
+    check = "fault: SIGKILL (receive, job, dispatch)"
     note = "killed during " + ", ".join(f"{kind} {hits[kind]}" for kind in hits)
-    return _row("fault: SIGKILL (receive, job, dispatch)", node, batch, before, kills,
-                120 + 20 * count, note + f"; {node.resends} series resent")
+    if gave_up:
+        return CheckResult(check, killed, 1, f"the sender gave up; {note}",
+                           [f"{check}: {gave_up[0]}\n{_tail(node)}"])
+    return _row(check, node, batch, before, kills, 120 + 20 * count,
+                note + f"; {node.resends} series resent")
 
 
 def _disk_full(node: _Node, root: Path, spool: Path, mounted: bool) -> CheckResult:
