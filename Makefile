@@ -64,7 +64,7 @@ fuzz: $(STAMP)
 	done
 
 # The whole hardening suite with long budgets, one table (check, tried, failures, figure),
-# also in .harden/summary.json (root, for the network namespaces; about 2 hours).
+# also in .harden/summary.json (root, for the network namespaces; about 70 minutes).
 harden: $(STAMP) peers
 	$(BIN)/python -m harden.run_all --budget long
 
