@@ -518,6 +518,7 @@ def load_config(path: Path) -> NodeConfig:
         raise ConfigError(f"Configuration file '{path}' cannot be read: {exc.strerror}.") from None
     except UnicodeDecodeError:
         raise ConfigError(f"Configuration file '{path}' is not YAML (not UTF-8 text).") from None
+    _refuse_before_parsing(text, path)
     try:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
@@ -535,6 +536,36 @@ def load_config(path: Path) -> NodeConfig:
         raise ConfigError(
             f"Configuration file '{path}' has errors:\n{format_validation_error(exc)}"
         ) from None
+
+
+#: Largest configuration file read (a real one is a few kilobytes).
+MAX_CONFIG_BYTES = 1 << 20
+#: Most flow brackets (``[`` ``{``) open at once before the YAML parser sees the text.
+MAX_OPEN_BRACKETS = 128
+
+
+def _refuse_before_parsing(text: str, path: Path) -> None:
+    """Refuse what would take PyYAML minutes: a huge file, thousands of open brackets.
+
+    PyYAML's scanner does work proportional to the open flow brackets for
+    every token, so 10 000 nested ``[`` take seconds and 100 000 hours. One
+    linear pass counts them; brackets inside strings count too, which only
+    matters for a text that no configuration comes near.
+    """
+    size = len(text.encode("utf-8"))
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"Configuration file '{path}' is {size} bytes, more than "
+                          f"{MAX_CONFIG_BYTES}.")
+    depth = deepest = 0
+    for char in text:
+        if char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}" and depth:
+            depth -= 1
+    if deepest > MAX_OPEN_BRACKETS:
+        raise ConfigError(f"Configuration file '{path}' nests lists or mappings too deeply "
+                          f"({deepest} brackets open at once, at most {MAX_OPEN_BRACKETS}).")
 
 
 #: Most values a configuration may expand to (YAML aliases can repeat a block many times).

@@ -114,7 +114,12 @@ def test_a_samples_per_pixel_of_the_wrong_vr_is_a_rejection_naming_it(
 
 @pytest.mark.parametrize(("text", "expected"), [
     ("destinations: true\n", "destinations"),
-    ("rules: " + "[" * 10000 + "]" * 10000 + "\n", "nests lists or mappings"),
+    # Found by atheris: PyYAML's scanner takes seconds on 10 000 open brackets, hours on
+    # 100 000; a linear pass refuses them before it runs.
+    ("rules: " + "[" * 10000 + "]" * 10000 + "\n", "10000 brackets open at once"),
+    ("rules: " + "[" * 100000 + "\n", "100000 brackets open at once"),
+    ("rules: " + "[" * 129 + "]" * 129 + "\n", "129 brackets open at once"),
+    ("node: {ae_title: X}\n" + "#" * (1 << 20) + "\n", "more than 1048576"),
     ("rules: " + "[" * 50 + "]" * 50 + "\n", "more than 32 deep"),
 ])
 def test_bad_configuration_shapes_are_config_errors(tmp_path: Path, text: str,
