@@ -17,6 +17,9 @@ Tables
 ``jobs``        the durable queue (see :mod:`node.jobqueue`)
 ``outbox``      one row per output file and destination (see :mod:`node.outbox`)
 ``quarantine``  files that could not be stored as instances, with the reason
+``corrections`` every received DICOM-SEG examined as a possible radiologist's
+                correction: the outcome, the job it corrects, its segment mapping
+``correction_metrics``  per correction and structure: Dice, HD95, volumes, connectivity
 ``node_state``  key/value facts of the running node for ``segnode status``
 """
 
@@ -146,6 +149,49 @@ associations = sa.Table(
     sa.Column("result", sa.Text, nullable=False),
 )
 
+corrections = sa.Table(
+    "corrections", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("sop_instance_uid", sa.String(64), nullable=False, unique=True),
+    sa.Column("series_uid", sa.String(64), nullable=False),
+    sa.Column("study_uid", sa.String(64), nullable=False),
+    sa.Column("path", sa.Text, nullable=False),
+    sa.Column("received_at", sa.Float, nullable=False),
+    sa.Column("examined_at", sa.Float, nullable=False, index=True),
+    #: examining, then correction (scored), not_correction, quarantined or failed (a
+    #: correction not scored).
+    sa.Column("state", sa.String(16), nullable=False, index=True),
+    sa.Column("reason", sa.Text, nullable=False, server_default=""),
+    sa.Column("job_id", sa.Integer, nullable=True, index=True),
+    sa.Column("model", sa.String(64), nullable=False, server_default=""),
+    sa.Column("source_series_uid", sa.String(64), nullable=False, server_default=""),
+    sa.Column("modality", sa.String(16), nullable=False, server_default=""),
+    sa.Column("segments", sa.Integer, nullable=False, server_default="0"),
+    #: JSON list of the segments mapped to no label, each with the reason.
+    sa.Column("unmapped", sa.Text, nullable=False, server_default="[]"),
+    #: Structures whose corrected mask differs from the model's.
+    sa.Column("corrected_structures", sa.Integer, nullable=False, server_default="0"),
+    #: The corrected label map on the grid the model saw (NIfTI), for training exports.
+    sa.Column("labels_path", sa.Text, nullable=False, server_default=""),
+)
+
+correction_metrics = sa.Table(
+    "correction_metrics", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("correction_id", sa.Integer, nullable=False, index=True),
+    sa.Column("model", sa.String(64), nullable=False),
+    sa.Column("structure", sa.String(64), nullable=False),
+    sa.Column("label", sa.Integer, nullable=False),
+    sa.Column("dice", sa.Float, nullable=False),
+    sa.Column("hd95_mm", sa.Float, nullable=True),
+    sa.Column("volume_ml", sa.Float, nullable=False),
+    sa.Column("corrected_volume_ml", sa.Float, nullable=False),
+    sa.Column("connected", sa.Boolean, nullable=True),
+    sa.Column("corrected_connected", sa.Boolean, nullable=True),
+    sa.Column("examined_at", sa.Float, nullable=False),
+    sa.Index("ix_correction_metrics_model_structure", "model", "structure", "examined_at"),
+)
+
 node_state = sa.Table(
     "node_state", metadata,
     sa.Column("key", sa.String(64), primary_key=True),
@@ -160,6 +206,9 @@ WORKER_STATE_PREFIX = "worker:"
 RECEIVING = "receiving"
 WAITING = "waiting"
 COMPLETE = "complete"
+
+#: The state of a correction row while one examiner works on it.
+EXAMINING = "examining"
 
 
 #: Writers on PostgreSQL take turns on this transaction advisory lock, as on SQLite's.
@@ -524,6 +573,145 @@ class Catalogue:
         with self.engine.connect() as db:
             rows = db.execute(sa.select(quarantine).order_by(quarantine.c.id.desc()).limit(limit))
             return [dict(row._mapping) for row in rows]
+
+    # Corrections --------------------------------------------------------------------------
+
+    def unexamined_segs(self, sop_classes: frozenset[str], limit: int = 20) -> list[dict]:
+        """SEG instances of complete series not examined yet (or received again since)."""
+        query = (sa.select(instances.c.sop_instance_uid, instances.c.series_uid,
+                           instances.c.study_uid, instances.c.path, instances.c.received_at,
+                           instances.c.calling_ae)
+                 .join(series, series.c.series_uid == instances.c.series_uid)
+                 .outerjoin(corrections,
+                            corrections.c.sop_instance_uid == instances.c.sop_instance_uid)
+                 .where(instances.c.sop_class_uid.in_(sorted(sop_classes)),
+                        series.c.state == COMPLETE,
+                        sa.or_(corrections.c.id.is_(None),
+                               sa.and_(corrections.c.state != EXAMINING,
+                                       corrections.c.received_at < instances.c.received_at)))
+                 .order_by(instances.c.received_at).limit(limit))
+        with self.engine.connect() as db:
+            return [dict(row._mapping) for row in db.execute(query)]
+
+    def claim_correction(self, row: dict[str, Any]) -> int | None:
+        """Start examining one SEG instance; its row id, or None when another examiner has it.
+
+        ``row`` holds the instance's ``sop_instance_uid``, ``series_uid``,
+        ``study_uid``, ``path`` and ``received_at``. A SEG examined before and
+        received again since (other content) is examined again: its metrics go.
+        """
+        with self.begin() as db:
+            old = db.execute(sa.select(corrections.c.id, corrections.c.state,
+                                       corrections.c.received_at).where(
+                corrections.c.sop_instance_uid == row["sop_instance_uid"])).first()
+            values = {**row, "state": EXAMINING, "reason": "", "examined_at": self.clock()}
+            if old is None:
+                inserted = db.execute(corrections.insert().values(**values))
+                return int(inserted.inserted_primary_key[0])
+            if old.state == EXAMINING or old.received_at >= row["received_at"]:
+                return None
+            db.execute(correction_metrics.delete().where(
+                correction_metrics.c.correction_id == old.id))
+            db.execute(corrections.update().where(corrections.c.id == old.id).values(
+                **values, job_id=None, model="", source_series_uid="", modality="",
+                segments=0, unmapped="[]", corrected_structures=0, labels_path=""))
+            return int(old.id)
+
+    def finish_correction(self, correction_id: int, values: dict[str, Any],
+                          metrics: list[dict[str, Any]]) -> None:
+        """Record what examining a claimed SEG found (state, reason, link) and its metrics."""
+        now = self.clock()
+        values = {**values, "examined_at": now}
+        if "unmapped" in values:
+            values["unmapped"] = json.dumps(values["unmapped"])
+        with self.begin() as db:
+            db.execute(corrections.update().where(corrections.c.id == correction_id)
+                       .values(**values))
+            if metrics:
+                db.execute(correction_metrics.insert(), [
+                    {**metric, "correction_id": correction_id, "examined_at": now}
+                    for metric in metrics])
+
+    def forget_unfinished_corrections(self) -> int:
+        """Drop the rows of examinations a crash interrupted, so they run again; how many."""
+        with self.begin() as db:
+            return int(db.execute(corrections.delete().where(
+                corrections.c.state == EXAMINING)).rowcount)
+
+    def instance(self, sop_uid: str) -> dict[str, Any]:
+        """One catalogued instance as a mapping (KeyError when unknown)."""
+        with self.engine.connect() as db:
+            row = db.execute(sa.select(instances).where(
+                instances.c.sop_instance_uid == sop_uid)).first()
+        if row is None:
+            raise KeyError(sop_uid)
+        return dict(row._mapping)
+
+    def series_of_instances(self, sop_uids: list[str]) -> list[str]:
+        """The series of those of ``sop_uids`` that are catalogued instances."""
+        with self.engine.connect() as db:
+            return sorted(set(db.execute(sa.select(instances.c.series_uid).where(
+                instances.c.sop_instance_uid.in_(sop_uids))).scalars()))
+
+    def done_job_of_series(self, series_uids: list[str]) -> dict[str, Any] | None:
+        """The newest finished job that processed one of ``series_uids``, or None."""
+        with self.engine.connect() as db:
+            job_ids = db.execute(sa.select(series.c.job_id).where(
+                series.c.series_uid.in_(series_uids), series.c.job_id.is_not(None))).scalars()
+            row = db.execute(sa.select(jobs).where(jobs.c.id.in_(list(job_ids)),
+                                                   jobs.c.state == "done")
+                             .order_by(jobs.c.id.desc()).limit(1)).first()
+            return dict(row._mapping) if row is not None else None
+
+    def job_of_outputs(self, sop_uids: list[str]) -> dict[str, Any] | None:
+        """The job one of whose outputs has one of these SOP Instance UIDs, or None."""
+        with self.engine.connect() as db:
+            job_id = db.execute(sa.select(outbox.c.job_id).where(
+                outbox.c.sop_instance_uid.in_(sop_uids)).order_by(outbox.c.job_id.desc())
+                .limit(1)).scalar()
+            if job_id is None:
+                return None
+            row = db.execute(sa.select(jobs).where(jobs.c.id == job_id)).first()
+            return dict(row._mapping) if row is not None else None
+
+    def is_output(self, sop_uid: str) -> bool:
+        """True when segnode produced an instance with this SOP Instance UID."""
+        with self.engine.connect() as db:
+            return db.execute(sa.select(outbox.c.id).where(
+                outbox.c.sop_instance_uid == sop_uid).limit(1)).first() is not None
+
+    def list_corrections(self, *, states: tuple[str, ...] = (), model: str | None = None,
+                         since: float | None = None, until: float | None = None,
+                         limit: int = 1000) -> list[dict[str, Any]]:
+        """Examined SEGs, newest first, filtered by state, model pack and examination time."""
+        query = sa.select(corrections).order_by(corrections.c.id.desc()).limit(limit)
+        if states:
+            query = query.where(corrections.c.state.in_(states))
+        if model is not None:
+            query = query.where(corrections.c.model == model)
+        if since is not None:
+            query = query.where(corrections.c.examined_at >= since)
+        if until is not None:
+            query = query.where(corrections.c.examined_at < until)
+        with self.engine.connect() as db:
+            rows = [dict(row._mapping) for row in db.execute(query)]
+        for row in rows:
+            row["unmapped"] = json.loads(row["unmapped"] or "[]")
+        return rows
+
+    def correction_metrics(self, *, correction_id: int | None = None,
+                           model: str | None = None) -> list[dict[str, Any]]:
+        """Per-structure metrics (of one correction, or of every correction of a pack)."""
+        query = sa.select(correction_metrics, corrections.c.job_id,
+                          corrections.c.source_series_uid).join(
+            corrections, corrections.c.id == correction_metrics.c.correction_id).order_by(
+            correction_metrics.c.examined_at, correction_metrics.c.label)
+        if correction_id is not None:
+            query = query.where(correction_metrics.c.correction_id == correction_id)
+        if model is not None:
+            query = query.where(correction_metrics.c.model == model)
+        with self.engine.connect() as db:
+            return [dict(row._mapping) for row in db.execute(query)]
 
     # Associations -------------------------------------------------------------------------
 

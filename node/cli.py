@@ -151,6 +151,44 @@ def _add_node_commands(sub: argparse._SubParsersAction) -> None:
     echo.add_argument("destination", help="destination name from the configuration")
     _config_option(echo)
 
+    corrections = sub.add_parser("corrections", help="radiologists' corrected SEGs: import, "
+                                                     "list")
+    corrections_sub = corrections.add_subparsers(dest="corrections_command", required=True)
+    imported = corrections_sub.add_parser("import", help="take in the DICOM-SEG files of a "
+                                                         "folder as corrections")
+    imported.add_argument("folder", type=Path)
+    _config_option(imported)
+    listing = corrections_sub.add_parser("list", help="examined SEGs, newest first")
+    listing.add_argument("--limit", type=int, default=50)
+    _config_option(listing)
+
+    dataset = sub.add_parser("dataset", help="training data from the corrected cases")
+    dataset_sub = dataset.add_subparsers(dest="dataset_command", required=True)
+    export = dataset_sub.add_parser("export", help="write an nnU-Net v2 raw dataset "
+                                                   "(imagesTr, labelsTr, dataset.json)")
+    export.add_argument("--model", required=True, help="the pack whose corrections to export")
+    export.add_argument("--out", required=True, type=Path,
+                        help="dataset folder, e.g. nnUNet_raw/Dataset501_Corrections")
+    export.add_argument("--since", help="first day, YYYY-MM-DD (corrections examined then)")
+    export.add_argument("--until", help="last day, YYYY-MM-DD")
+    export.add_argument("--modality", help="only cases of this modality (MR, CT)")
+    export.add_argument("--min-corrected", type=int, default=1, metavar="N",
+                        help="only cases with at least N corrected structures (default 1)")
+    export.add_argument("--manifest", type=Path, help="the case-to-study CSV (default: "
+                        "beside the dataset folder, <out>-manifest.csv)")
+    _config_option(export)
+
+    evaluate = sub.add_parser("evaluate", help="Dice, HD95, volumes, vessel connectivity of "
+                                               "predictions against references, as CSV")
+    evaluate.add_argument("pred", help="a NIfTI or DICOM-SEG file, or a folder of them")
+    evaluate.add_argument("gt", help="the reference: a file, or a folder with the same names")
+    evaluate.add_argument("--labels", nargs="+", metavar="LABEL",
+                          help="only these structures (names or values)")
+    evaluate.add_argument("--model", help="the pack whose label table names the values "
+                                          "(default: the MRSegmentator table)")
+    evaluate.add_argument("--models-dir", type=Path, help="where packs are installed")
+    evaluate.add_argument("--out", type=Path, help="CSV file (default: standard output)")
+
 
 def _configure_logging(verbose: bool) -> None:
     logging.basicConfig(
@@ -175,6 +213,9 @@ _HANDLERS = {
     "jobs": ("node.node_commands", "jobs"),
     "outbox": ("node.node_commands", "outbox"),
     "echo": ("node.node_commands", "echo"),
+    "corrections": ("node.correction_commands", "corrections"),
+    "dataset": ("node.correction_commands", "dataset"),
+    "evaluate": ("node.evaluate", "evaluate"),
 }
 
 

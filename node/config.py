@@ -248,6 +248,8 @@ class StorageConfig(_Strict):
     spool_dir: Path = Path("var/spool")
     quarantine_dir: Path = Path("var/quarantine")
     output_dir: Path = Path("var/outputs")
+    #: Radiologists' corrections: the corrected label maps and the images the model saw.
+    corrections_dir: Path = Path("var/corrections")
     models_dir: Path = Field(default_factory=default_models_dir)
     min_free_disk_mb: int = Field(default=1024, ge=0)
     #: Days to keep a series' spool files and outputs after all deliveries succeeded.
@@ -467,6 +469,7 @@ _STORAGE_DEFAULTS = {
     "spool_dir": "var/spool",
     "quarantine_dir": "var/quarantine",
     "output_dir": "var/outputs",
+    "corrections_dir": "var/corrections",
 }
 
 

@@ -68,10 +68,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def render_csv(rows: Iterable[Mapping[str, Any]]) -> str:
-    """Render volume rows as CSV with the columns of :data:`TABLE_COLUMNS`."""
+def render_csv(rows: Iterable[Mapping[str, Any]],
+               columns: Sequence[str] = TABLE_COLUMNS) -> str:
+    """Render rows as CSV with ``columns`` (default: the volume table's, :data:`TABLE_COLUMNS`)."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=TABLE_COLUMNS, extrasaction="ignore")
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore")
     writer.writeheader()
     for row in rows:
         writer.writerow(row)

@@ -157,21 +157,10 @@ class Pipeline:
                         progress: Progress) -> list[VolumeResult]:
         """Stitch, segment once and write one SEG per station series (and pack) and one SR.
 
-        With ``stations.segment_each_contrast`` every Dixon contrast is
-        stitched and segmented on its own (``<key>.<contrast>`` folders);
-        otherwise the preferred contrast is, and its labels are written for
-        the series of every contrast.
+        What is stitched and written follows :meth:`StationSettings.plans`.
         """
-        options = self.settings.stations
-        if options.segment_each_contrast and len(stations.contrasts) > 1:
-            plans = [(f"{stations.key}.{c}", c, (c,)) for c in stations.contrasts]
-        else:
-            chosen = next(c for c in (*options.contrast_preference(), *stations.contrasts)
-                          if c in stations.contrasts)
-            others = tuple(c for c in stations.contrasts if c != chosen)
-            plans = [(stations.key, chosen, (chosen, *others))]
         return [self._run_stations(stations, key, contrast, written, out_root, progress)
-                for key, contrast, written in plans]
+                for key, contrast, written in self.settings.stations.plans(stations)]
 
     def _run_stations(self, stations: StationSet, key: str, contrast: str,
                       written: tuple[str, ...], out_root: Path,

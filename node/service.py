@@ -12,8 +12,8 @@ SIGTERM or SIGINT stops the node; whatever was running is picked up again at
 the next start.
 
 Roles split the same node over processes and servers sharing a PostgreSQL
-catalogue and the spool: ``receiver`` (listener, assembler, retention, the
-lease check that queues again the jobs of dead workers, and with
+catalogue and the spool: ``receiver`` (listener, assembler, the corrections
+intake, retention, the lease check that queues again the jobs of dead workers, and with
 ``queue.backend: celery`` the publisher), ``dispatcher``, ``worker`` (the
 in-process workers of the embedded queue; Celery workers are ``segnode
 worker`` processes) and ``web``.
@@ -35,6 +35,7 @@ from model.store import ModelStore
 from node.assembler import Assembler
 from node.catalogue import Catalogue
 from node.config import NodeConfig
+from node.corrections import CorrectionIntake
 from node.dispatcher import Dispatcher
 from node.jobqueue import SqlJobQueue
 from node.listener import AssociationRecord, Listener
@@ -99,6 +100,7 @@ class Node:
         self.web: WebServer | None = None
         self._started_at = time.time()
         self.retention = Retention(self.config, self.catalogue, self.spool)
+        self.corrections = CorrectionIntake(self.config, self.catalogue, self.quarantine)
         self._threads: list[threading.Thread] = []
         self._wakes: list[threading.Event] = []
 
@@ -109,6 +111,7 @@ class Node:
             for name in rule.model or (None,):
                 store.resolve(name)
         if not self.catalogue.shared:  # SQLite: this process is the only one
+            self.corrections.recover()
             requeued = self.queue.requeue_interrupted()
             if requeued:
                 logger.warning("jobs %s were interrupted and are queued again",
@@ -138,7 +141,9 @@ class Node:
         if receiver:
             if self.publisher is not None:
                 workers = [self._loop("publisher", self.publisher.run_once, interval)]
-            self._loop("assembler", self.assembler.run_once, interval, then=workers)
+            corrections = self._loop("corrections", self.corrections.run_once, interval)
+            self._loop("assembler", self.assembler.run_once, interval,
+                       then=[*workers, corrections])
             self._loop("retention", self.retention.run_once, _RETENTION_INTERVAL_S)
             self._loop("leases", self._requeue_expired, interval, then=workers)
             self._loop("heartbeat", self._heartbeat, interval)

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from dicom_io.stations import StationGrouping
+from dicom_io.stations import StationGrouping, StationSet
 from segnode_errors import ConfigError
 
 __all__ = [
@@ -98,6 +98,20 @@ class StationSettings(BaseModel):
         """Dixon contrasts in the order they are tried for segmentation."""
         return (self.segment_contrast,
                 *(c for c in _DIXON_CONTRASTS if c != self.segment_contrast), "image")
+
+    def plans(self, stations: StationSet) -> list[tuple[str, str, tuple[str, ...]]]:
+        """What is segmented of a station set: (folder key, contrast segmented, contrasts written).
+
+        With ``segment_each_contrast`` every Dixon contrast is stitched and
+        segmented on its own (``<key>.<contrast>``); otherwise the preferred
+        contrast is, and its labels are written for the series of every contrast.
+        """
+        if self.segment_each_contrast and len(stations.contrasts) > 1:
+            return [(f"{stations.key}.{c}", c, (c,)) for c in stations.contrasts]
+        chosen = next(c for c in (*self.contrast_preference(), *stations.contrasts)
+                      if c in stations.contrasts)
+        others = tuple(c for c in stations.contrasts if c != chosen)
+        return [(stations.key, chosen, (chosen, *others))]
 
 
 class RunSettings(BaseModel):

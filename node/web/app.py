@@ -23,7 +23,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from node.metrics import CONTENT_TYPE, NodeMetrics
-from node.web import data
+from node.web import data, quality
 from node.web.data import WebContext
 
 __all__ = ["create_app"]
@@ -167,6 +167,14 @@ def create_app(ctx: WebContext, metrics: NodeMetrics, *,
         return Response(data.volumes_export(ctx, jobs), media_type="text/csv",
                         headers={"Content-Disposition": "attachment; filename=volumes.csv"})
 
+    @app.get("/api/quality", dependencies=read)
+    def api_quality(model: str | None = None) -> dict[str, Any]:
+        return quality.quality(ctx.catalogue, model)
+
+    @app.get("/api/quality/{model}/{structure}", dependencies=read)
+    def api_quality_cases(model: str, structure: str) -> list[dict[str, Any]]:
+        return quality.quality_cases(ctx.catalogue, model, structure)
+
     @app.get("/api/failures", dependencies=read)
     def api_failures() -> dict[str, Any]:
         return data.failures(ctx)
@@ -257,6 +265,17 @@ def create_app(ctx: WebContext, metrics: NodeMetrics, *,
              include_in_schema=False)
     def page_models(request: Request) -> HTMLResponse:
         return page(request, "models.html", packs=models())
+
+    @app.get("/quality", response_class=HTMLResponse, dependencies=read,
+             include_in_schema=False)
+    def page_quality(request: Request, model: str | None = None) -> HTMLResponse:
+        return page(request, "quality.html", quality=quality.quality(ctx.catalogue, model))
+
+    @app.get("/quality/{model}/{structure}", response_class=HTMLResponse, dependencies=read,
+             include_in_schema=False)
+    def page_quality_cases(request: Request, model: str, structure: str) -> HTMLResponse:
+        return page(request, "quality_cases.html", model=model, structure=structure,
+                    cases=quality.quality_cases(ctx.catalogue, model, structure))
 
     @app.get("/config", response_class=HTMLResponse, dependencies=read,
              include_in_schema=False)
