@@ -158,9 +158,9 @@ class CorrectionIntake:
         try:
             dataset = pydicom.dcmread(instance["path"])
             return self._examine(dataset, base, instance.get("calling_ae", ""))
-        except (SegnodeError, OSError, ValueError, KeyError, AttributeError) as exc:
+        except Exception as exc:  # noqa: BLE001 - a peer's SEG: whatever breaks is its reason
             reason = str(exc) if isinstance(exc, SegnodeError) else f"{type(exc).__name__}: {exc}"
-            return self._record(base, "failed", reason)
+            return self._record(base, "failed", reason[:500])
 
     def _examine(self, ds: Dataset, base: dict[str, Any], calling_ae: str) -> Examined:
         if self.catalogue.is_output(base["sop_instance_uid"]) or \

@@ -27,8 +27,12 @@ from pydicom.dataset import Dataset
 from scipy import ndimage
 
 from dicom_io.nifti import read_nifti
+from dicom_io.scan import SeriesFiles
+from dicom_io.series import read_series
+from dicom_io.stitch import labels_to_station
 from model.phantom import Phantom, make_grid
 from node.config import load_config
+from node.demo import write_station_phantom
 from node.service import Node
 from tests.node.conftest import PhantomCase, _write_case, run_cli
 from tests.node.correction_segs import (
@@ -80,13 +84,13 @@ class Processed:
             return reply.read()
 
 
-def _config(root: Path) -> Path:
+def _config(root: Path, whole_study: bool = False) -> Path:
     path = root / "config.yaml"
     path.write_text(yaml.safe_dump({
         "node": {"ae_title": "SEGNODE", "host": "127.0.0.1", "port": free_local_port()},
         "callers": [{"ae_title": ae, "addresses": ["127.0.0.1"]} for ae in ("STORESCU", "VIEWER")],
-        "rules": [{"name": "mr", "match": {"modality": ["MR"]}, "whole_study": False}],
-        "timing": {"series_quiet_s": 0.5, "poll_interval_s": 0.2},
+        "rules": [{"name": "mr", "match": {"modality": ["MR"]}, "whole_study": whole_study}],
+        "timing": {"series_quiet_s": 0.5, "study_quiet_s": 0.5, "poll_interval_s": 0.2},
         "storage": {"spool_dir": str(root / "spool"), "output_dir": str(root / "out"),
                     "quarantine_dir": str(root / "quarantine"),
                     "corrections_dir": str(root / "corrections"),
@@ -296,3 +300,88 @@ def test_corrections_import_takes_a_folder_of_segs(processed: Processed,
     assert row["state"] == "correction"
     listing = run_cli("corrections", "list", "--config", processed.config)
     assert listing.returncode == 0 and f"{row['id']:>5}  correction" in listing.stdout
+
+
+@pytest.fixture(scope="module")
+def stations(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Node, Path, Path, list]]:
+    """A node that has stitched and segmented two whole-body stations."""
+    root = tmp_path_factory.mktemp("station-corrections")
+    config = _config(root, whole_study=True)
+    # 224 mm stations overlapping by 48 mm: both on the stitched grid's slices (28 each).
+    phantom = write_station_phantom(root / "stations", stations=2, overlap_mm=48.0,
+                                    length_mm=400.0, spacing_mm=(8.0, 6.0, 6.0))
+    node = Node(load_config(config))
+    node.start()
+    try:
+        sent = storescu(root / "stations", "127.0.0.1", node.config.node.port,
+                        called_aet="SEGNODE")
+        assert sent.returncode == 0, sent.stderr
+        job = poll_until(lambda: next((j for j in node.queue.list() if j.state == "done"), None),
+                         timeout=120, interval=0.2)
+        assert job is not None, "the stations were not processed within 120 s"
+        [folder] = [p for p in Path(job.output_dir).iterdir() if p.is_dir()]
+        yield node, config, folder, [f["image"] for f in phantom.folders]
+    finally:
+        node.stop()
+
+
+def _station_correction(folder: Path, station: Path, label: int, name: str
+                        ) -> tuple[Path, Dataset, np.ndarray, np.ndarray, object]:
+    """Correct one station's SEG as a viewer would: ``label`` moved on that station's grid."""
+    sources = [pydicom.dcmread(p) for p in sorted(station.glob("*.dcm"))]
+    station_volume = read_series(SeriesFiles(str(sources[0].SeriesInstanceUID), tuple(
+        sorted(station.glob("*.dcm"))))).volumes[0].volume
+    stitched = read_nifti(folder / "labels.nii.gz", dtype=np.uint16)
+    predicted = labels_to_station(stitched, station_volume)
+    our_seg = pydicom.dcmread(folder / f"seg-{sources[0].SeriesInstanceUID}.dcm")
+    corrected = moved_and_reshaped(predicted.array, label, shift=1, cut=1)
+    path = folder.parent.parent / f"{name}.dcm"
+    seg = write_seg(path, predicted.with_array(corrected), sources,
+                    segment_templates(our_seg, predicted.array))
+    return path, seg, predicted.array, corrected, station_volume
+
+
+@pytest.mark.timeout(300)
+def test_corrections_of_stitched_stations_score_per_station_and_merge_for_training(
+        stations, tmp_path: Path) -> None:
+    node, config, folder, station_folders = stations
+    stitched = read_nifti(folder / "labels.nii.gz", dtype=np.uint16)
+    sent = []
+    for number, (station, label) in enumerate(zip(station_folders, (LIVER, 10), strict=True)):
+        path, seg, predicted, corrected, volume = _station_correction(
+            folder, station, label, f"station{number}")
+        assert np.count_nonzero(predicted == label) > 0
+        result = storescu(path, "127.0.0.1", node.config.node.port, called_aet="SEGNODE",
+                          calling_aet="VIEWER", extra_args=["-R"])
+        assert result.returncode == 0, result.stderr
+        row = poll_until(lambda uid=str(seg.SOPInstanceUID): next(
+            (r for r in node.catalogue.list_corrections()
+             if r["sop_instance_uid"] == uid and r["state"] != "examining"), None),
+            timeout=60, interval=0.2)
+        assert row is not None and row["state"] == "correction", row
+        assert row["source_series_uid"] == str(seg.ReferencedSeriesSequence[0].SeriesInstanceUID)
+        metrics = {m["label"]: m for m in node.catalogue.correction_metrics(
+            correction_id=row["id"])}
+        a, b = predicted == label, corrected == label
+        assert metrics[label]["dice"] == pytest.approx(
+            2 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b)))
+        assert row["corrected_structures"] == 1
+        sent.append((volume, corrected))
+    # The training label map: the stitched prediction with both stations' regions corrected.
+    out = tmp_path / "Dataset502_Stations"
+    exported = run_cli("dataset", "export", "--model", "demo", "--out", out,
+                       "--config", config)
+    assert exported.returncode == 0, exported.stderr
+    assert sorted(p.name for p in (out / "labelsTr").iterdir()) == ["segnode_0001.nii.gz"]
+    merged = read_nifti(out / "labelsTr" / "segnode_0001.nii.gz", dtype=np.uint16)
+    image = read_nifti(out / "imagesTr" / "segnode_0001_0000.nii.gz")
+    assert merged.spatial_shape == stitched.spatial_shape == image.spatial_shape
+    (first, first_corrected), (last, last_corrected) = sent
+    assert np.array_equal(labels_to_station(merged, last).array, last_corrected)
+    # Where the stations overlap the newer correction wins; elsewhere the first one stands.
+    ones = last.with_array(np.ones(last.spatial_shape, dtype=np.uint8))
+    overlap = labels_to_station(labels_to_station(ones, stitched), first).array > 0
+    assert 0 < np.count_nonzero(overlap) < overlap.size
+    on_first = labels_to_station(merged, first).array
+    assert np.array_equal(on_first[~overlap], first_corrected[~overlap])
+    assert not np.array_equal(merged.array, stitched.array)
