@@ -85,7 +85,7 @@ def quality(catalogue: Catalogue, model: str | None = None) -> dict[str, Any]:
     document["recent"] = [
         {key: row[key] for key in ("id", "state", "reason", "job_id", "model", "examined_at",
                                    "source_series_uid", "corrected_structures")}
-        | {"unmapped": len(row["unmapped"])}
+        | {"unmapped": [f"{u['segment']}: {u['reason']}" for u in row["unmapped"]]}
         for row in catalogue.list_corrections(limit=50)]
     return document
 

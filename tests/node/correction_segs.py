@@ -42,6 +42,18 @@ def _description(number: int, template: Dataset, algorithm_type: str,
     return description
 
 
+def neoplasm_template() -> Dataset:
+    """A segment a radiologist adds that no anatomy table has: a tumour."""
+    item = Dataset()
+    category, kind = Dataset(), Dataset()
+    category.CodeValue, category.CodingSchemeDesignator = "49755003", "SCT"
+    category.CodeMeaning = "Morphologically Altered Structure"
+    kind.CodeValue, kind.CodingSchemeDesignator, kind.CodeMeaning = "108369006", "SCT", "Neoplasm"
+    item.SegmentedPropertyCategoryCodeSequence = [category]
+    item.SegmentedPropertyTypeCodeSequence = [kind]
+    return item
+
+
 def segment_templates(our_seg: Dataset, labels: np.ndarray) -> dict[int, Dataset]:
     """segnode's segment items by label value (its segments are the labels present, in order)."""
     present = [int(v) for v in np.unique(labels) if v]

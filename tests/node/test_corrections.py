@@ -9,6 +9,7 @@ correction of a series the node never saw, the node's own SEG sent back.
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 import json
 import os
@@ -31,13 +32,17 @@ from dicom_io.scan import SeriesFiles
 from dicom_io.series import read_series
 from dicom_io.stitch import labels_to_station
 from model.phantom import Phantom, make_grid
+from model.store import ModelStore
 from node.config import load_config
+from node.dataset_export import ExportFilter, export_dataset, parse_day
 from node.demo import write_station_phantom
 from node.service import Node
+from segnode_errors import ExportError
 from tests.node.conftest import PhantomCase, _write_case, run_cli
 from tests.node.correction_segs import (
     job_labels,
     moved_and_reshaped,
+    neoplasm_template,
     segment_templates,
     write_seg,
 )
@@ -47,6 +52,7 @@ pytestmark = pytest.mark.skipif(dcmtk_available() is not None,
                                 reason=str(dcmtk_available()))
 
 LIVER = 4  # the demo pack's liver
+TUMOUR = 99  # a label value no pack has
 
 
 @dataclass
@@ -135,27 +141,39 @@ def _independent_hd95(a: np.ndarray, b: np.ndarray, spacing: tuple[float, ...]) 
     return float(max(np.percentile(to_b, 95), np.percentile(to_a, 95)))
 
 
-def _correction(processed: Processed, name: str) -> tuple[Path, Dataset, np.ndarray]:
+def _correction(processed: Processed, name: str, *, tumour: bool = False
+                ) -> tuple[Path, Dataset, np.ndarray]:
+    """The liver moved and reshaped; with ``tumour`` also a segment no label table has."""
     predicted = processed.predicted.array
     corrected = moved_and_reshaped(predicted, LIVER, shift=2, cut=2)
+    templates = segment_templates(processed.our_seg, predicted)
+    drawn = corrected
+    if tumour:
+        drawn = corrected.copy()
+        k, j, i = np.argwhere(corrected == LIVER)[len(np.argwhere(corrected == LIVER)) // 2]
+        drawn[k, j - 1:j + 2, i - 1:i + 2] = TUMOUR
+        templates[TUMOUR] = neoplasm_template()
     path = processed.root / f"{name}.dcm"
-    seg = write_seg(path, processed.predicted.with_array(corrected), processed.sources,
-                    segment_templates(processed.our_seg, predicted))
-    return path, seg, corrected
+    seg = write_seg(path, processed.predicted.with_array(drawn), processed.sources, templates)
+    return path, seg, np.where(drawn == TUMOUR, 0, drawn)
 
 
 @pytest.mark.timeout(300)
 def test_a_viewers_correction_is_recognised_linked_scored_shown_and_exported(
         processed: Processed, tmp_path: Path) -> None:
-    path, seg, corrected = _correction(processed, "corrected")
+    path, seg, corrected = _correction(processed, "corrected", tumour=True)
     processed.send(path)
     row = processed.examined(str(seg.SOPInstanceUID))
     assert row["state"] == "correction", row["reason"]
     [job] = processed.node.queue.list()
     assert row["job_id"] == job.id and row["model"] == "demo"
     assert row["source_series_uid"] == processed.case.series_uid
-    assert row["modality"] == "MR" and row["unmapped"] == []
-    assert row["corrected_structures"] == 1
+    assert row["modality"] == "MR" and row["corrected_structures"] == 1
+    # The tumour the radiologist drew maps to no label: kept in the SEG, reported.
+    assert row["unmapped"] == [{
+        "segment": "segment 1 'Segment_1' (SCT 108369006 Neoplasm)",  # numbered last first
+        "reason": "its type code is no structure of the label table"}]
+    assert row["reason"].endswith("; 1 segment(s) map to no label")
     # Never processed as an input: still the one job, and the SEG's series says why.
     seg_series = processed.node.catalogue.get_series(str(seg.SeriesInstanceUID))
     assert seg_series["decision"].startswith("never processed: SOP class")
@@ -185,6 +203,7 @@ def test_a_viewers_correction_is_recognised_linked_scored_shown_and_exported(
     assert liver_row["dice"]["median"] == pytest.approx(expected_dice, abs=1e-4)
     page = processed.get("/quality").decode()
     assert 'data-testid="row-demo-liver"' in page and "/quality/demo/liver" in page
+    assert "(SCT 108369006 Neoplasm): its type code is no structure of the label table" in page
     cases = json.loads(processed.get("/api/quality/demo/liver"))
     assert [c["job_id"] for c in cases] == [job.id]
 
@@ -204,6 +223,19 @@ def test_a_viewers_correction_is_recognised_linked_scored_shown_and_exported(
     assert [(m["case"], m["study_uid"]) for m in manifest] == [
         ("segnode_0001", processed.sources[0].StudyInstanceUID)]
     assert not any(processed.sources[0].StudyInstanceUID in p.name for p in out.rglob("*"))
+    # Filters: modality, number of corrected structures, examination dates.
+    table = ModelStore(processed.root / "models").resolve("demo").labels
+    today = dt.date.today()
+    for wanted in (ExportFilter("demo", modality="CT"),
+                   ExportFilter("demo", min_corrected_structures=2),
+                   ExportFilter("demo", since=parse_day(str(today + dt.timedelta(days=1)))),
+                   ExportFilter("demo", until=parse_day(str(today - dt.timedelta(days=1)),
+                                                        end=True))):
+        with pytest.raises(ExportError, match="no corrected case of pack demo passes"):
+            export_dataset(processed.node.catalogue, table, wanted, tmp_path / "none")
+    assert export_dataset(processed.node.catalogue, table, ExportFilter(
+        "demo", modality="mr", since=parse_day(str(today)), until=parse_day(str(today), end=True)),
+        tmp_path / "today").cases == 1
     env = {**os.environ, "nnUNet_raw": str(out.parent),
            "nnUNet_preprocessed": str(tmp_path / "preprocessed"),
            "nnUNet_results": str(tmp_path / "results")}
@@ -273,6 +305,19 @@ def test_a_correction_of_a_series_segnode_never_processed_is_quarantined(
     assert len(quarantined) == before + 1 and quarantined[0]["reason"] == row["reason"]
     kept = pydicom.dcmread(quarantined[0]["path"])
     assert kept.SOPInstanceUID == seg.SOPInstanceUID and kept.PixelData == seg.PixelData
+
+
+def test_a_correction_in_another_frame_of_reference_is_quarantined(
+        processed: Processed) -> None:
+    path, seg, _ = _correction(processed, "moved-frame")
+    seg.FrameOfReferenceUID = "1.2.3.4.5"
+    seg.save_as(path)
+    processed.send(path)
+    row = processed.examined(str(seg.SOPInstanceUID))
+    assert row["state"] == "quarantined"
+    assert row["reason"] == (f"correction of job {row['job_id']}: frame of reference 1.2.3.4.5 "
+                             "is not the source series' "
+                             f"{processed.sources[0].FrameOfReferenceUID}")
 
 
 def test_segnodes_own_seg_sent_back_is_not_a_correction(processed: Processed) -> None:
