@@ -654,12 +654,17 @@ class Catalogue:
                 instances.c.sop_instance_uid.in_(sop_uids))).scalars()))
 
     def done_job_of_series(self, series_uids: list[str]) -> dict[str, Any] | None:
-        """The newest finished job that processed one of ``series_uids``, or None."""
+        """The newest finished job over one of ``series_uids``, or None.
+
+        Read from the jobs themselves, so a series that retention purged
+        (its rows deleted) still finds the job that processed it.
+        """
+        if not series_uids:
+            return None
+        covers = [jobs.c.series_uid.in_(series_uids),
+                  *(jobs.c.series_uids.contains(json.dumps(uid)) for uid in series_uids)]
         with self.engine.connect() as db:
-            job_ids = db.execute(sa.select(series.c.job_id).where(
-                series.c.series_uid.in_(series_uids), series.c.job_id.is_not(None))).scalars()
-            row = db.execute(sa.select(jobs).where(jobs.c.id.in_(list(job_ids)),
-                                                   jobs.c.state == "done")
+            row = db.execute(sa.select(jobs).where(jobs.c.state == "done", sa.or_(*covers))
                              .order_by(jobs.c.id.desc()).limit(1)).first()
             return dict(row._mapping) if row is not None else None
 

@@ -96,13 +96,21 @@ class _OwnSeg:
 
 
 def _own_segs(job: dict[str, Any]) -> list[_OwnSeg]:
-    """The SEGs among a job's outputs, read from their headers."""
+    """The SEGs among a job's outputs, read from their headers.
+
+    Raises
+    ------
+    InputRejected
+        If the job wrote SEGs and every one of them is gone.
+    """
     result = json.loads(job["result"]) if isinstance(job["result"], str) and job["result"] \
         else (job["result"] or {})
     found = []
-    for name in result.get("outputs", []):
-        path = Path(name)
-        if not path.name.startswith("seg") or not path.is_file():
+    segs = [Path(name) for name in result.get("outputs", []) if Path(name).name.startswith("seg")]
+    if segs and not any(path.is_file() for path in segs):
+        raise InputRejected(f"the outputs of job {job['id']} are gone (retention purged them)")
+    for path in segs:
+        if not path.is_file():
             continue
         header = pydicom.dcmread(path, stop_before_pixels=True)
         if str(header.get("SOPClassUID", "")) not in SEGMENTATION_SOP_CLASSES:
