@@ -10,7 +10,7 @@ from pydicom.dataset import Dataset
 
 from segnode_errors import InputRejected, NotSegmented
 
-__all__ = ["read_instance", "strip_pixels"]
+__all__ = ["convert_header", "read_instance", "strip_pixels"]
 
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
@@ -54,7 +54,7 @@ def read_instance(path: Path) -> Dataset:
                             "deeply)") from exc
     except Exception as exc:  # noqa: BLE001 - whatever the parser raises, the file is bad
         raise InputRejected(f"{path.name}: not a readable DICOM file ({exc})") from exc
-    _convert_header(ds, path.name)
+    convert_header(ds, path.name)
     sop_class = str(ds.get("SOPClassUID", ""))
     for prefix, what in _NON_IMAGE_PREFIXES.items():
         if sop_class == prefix or sop_class.startswith(prefix + "."):
@@ -79,7 +79,7 @@ def read_instance(path: Path) -> Dataset:
     return ds
 
 
-def _convert_header(ds: Dataset, where: str) -> None:
+def convert_header(ds: Dataset, where: str) -> None:
     """Decode every header element now (pixel data stays deferred), naming a broken one.
 
     pydicom converts raw elements when first accessed; without this a value

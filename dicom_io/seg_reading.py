@@ -10,13 +10,19 @@ segments that map to no label are returned with the reason.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import io
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import wraps
+from pathlib import Path
+from typing import TypeVar
 
 import highdicom as hd
 import numpy as np
+import pydicom
 from pydicom.dataset import Dataset
 
+from dicom_io._instances import convert_header
 from dicom_io.content import CodeTuple, SegmentInfo
 from dicom_io.stitch import labels_to_station
 from segnode_errors import InputRejected
@@ -27,6 +33,7 @@ __all__ = [
     "SegmentCoding",
     "SegmentMatch",
     "match_segments",
+    "read_seg",
     "seg_labels_on",
     "seg_references",
     "segment_codings",
@@ -40,6 +47,42 @@ _LATERALITY = {("7771000", "SCT"): "left", ("24028007", "SCT"): "right",
                ("51440002", "SCT"): "bilateral",
                ("G-A100", "SRT"): "right",
                ("G-A101", "SRT"): "left", ("G-A102", "SRT"): "bilateral"}
+
+
+_T = TypeVar("_T")
+
+
+def read_seg(source: Path | bytes, *, name: str = "SEG") -> Dataset:
+    """Read a SEG with every header element decoded now (pixel data included).
+
+    Raises
+    ------
+    InputRejected
+        If the file cannot be parsed or an element cannot be decoded.
+    """
+    try:
+        ds = pydicom.dcmread(io.BytesIO(source) if isinstance(source, bytes) else source)
+    except Exception as exc:  # noqa: BLE001 - whatever the parser raises, the file is bad
+        raise InputRejected(f"{name}: not a readable DICOM file ({exc})") from exc
+    convert_header(ds, name)
+    return ds
+
+
+def _malformed(what: str) -> Callable[[Callable[..., _T]], Callable[..., _T]]:
+    """Turn a type error on a decoded but ill-formed header into InputRejected."""
+
+    def decorate(function: Callable[..., _T]) -> Callable[..., _T]:
+        @wraps(function)
+        def checked(*args: object, **kwargs: object) -> _T:
+            try:
+                return function(*args, **kwargs)
+            except (AttributeError, TypeError, ValueError, KeyError, IndexError) as exc:
+                raise InputRejected(f"SEG: ill-formed {what} ({type(exc).__name__}: {exc})"
+                                    ) from exc
+
+        return checked
+
+    return decorate
 
 
 @dataclass(frozen=True)
@@ -100,6 +143,7 @@ def _laterality(item: Dataset) -> str | None:
     return None
 
 
+@_malformed("SegmentSequence")
 def segment_codings(seg: Dataset) -> list[SegmentCoding]:
     """The coding of every segment of ``seg`` (the LABELMAP background, 0, left out).
 
@@ -158,6 +202,7 @@ def match_segments(codings: Sequence[SegmentCoding],
     return SegmentMatch(labels, unmapped)
 
 
+@_malformed("Referenced Series or derivation sequences")
 def seg_references(seg: Dataset) -> SegReferences:
     """Series and instances named by the SEG's Referenced Series and derivation sequences."""
     series_uids: list[str] = []

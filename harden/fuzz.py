@@ -37,7 +37,7 @@ from harden.seeds import Seeds, build_seeds
 
 __all__ = ["Campaign", "run", "run_campaign"]
 
-_SHORT_INPUTS = {"receive": 70, "series": 70, "stations": 20, "config": 70}
+_SHORT_INPUTS = {"receive": 70, "series": 70, "stations": 20, "config": 70, "seg": 25}
 _LONG_SECONDS = 600.0
 
 

@@ -21,6 +21,11 @@ escaping the code under test.
   (:func:`dicom_io.stitch.stitch`). Promise as for ``series``.
 - ``config``: :func:`node.config.load_config` on a mutated configuration.
   Promise: a configuration or ``ConfigError``.
+- ``seg``: a mutated DICOM-SEG as a correction comes (:mod:`dicom_io.seg_reading`:
+  segment codings, references, labels on the source grid mapped to the
+  MRSegmentator table). Promise: a uint16 label map on the grid with the
+  table's values only, a reason for every unmapped segment, or
+  ``SegnodeError``.
 """
 
 from __future__ import annotations
@@ -265,6 +270,37 @@ class ConfigTarget(Target):
         return "accepted"
 
 
+class SegTarget(Target):
+    """Reading a SEG a viewer or another product sent, as the corrections intake does."""
+
+    name = "seg"
+
+    def make(self, rng: random.Random) -> FuzzInput:
+        data, mutations = mutate_dicom(rng.choice(self.seeds.segs), rng)
+        return FuzzInput({"seg.dcm": data}, mutations)
+
+    def run(self, item: FuzzInput) -> str:
+        from dicom_io.seg_reading import read_seg, seg_labels_on, seg_references
+        from model.labels import MRSEGMENTATOR
+        from node.exports import segment_infos
+
+        grid = self.seeds.seg_grid
+        assert grid is not None
+        try:
+            dataset = read_seg(item.files["seg.dcm"])
+            seg_references(dataset)
+            labels, match = seg_labels_on(dataset, grid, segment_infos(MRSEGMENTATOR))
+        except SegnodeError as exc:
+            return f"rejected: {exc}"
+        if labels.spatial_shape != grid.spatial_shape or labels.array.dtype != np.uint16:
+            raise Finding(f"labels {labels.spatial_shape} {labels.array.dtype} off the grid")
+        if not set(np.unique(labels.array).tolist()) <= {0, *(s.index for s in MRSEGMENTATOR)}:
+            raise Finding("label values outside the table")
+        if any(not reason for _, reason in match.unmapped):
+            raise Finding("an unmapped segment has no reason")
+        return f"accepted: {len(match.labels)} mapped, {len(match.unmapped)} unmapped"
+
+
 TARGETS: dict[str, Callable[..., Target]] = {
-    t.name: t for t in (ReceiveTarget, SeriesTarget, StationsTarget, ConfigTarget)
+    t.name: t for t in (ReceiveTarget, SeriesTarget, StationsTarget, ConfigTarget, SegTarget)
 }

@@ -11,6 +11,7 @@ Configuration seeds are the shipped ``config.yaml`` and ``deploy/config.yaml``.
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from pathlib import Path
 import highdicom as hd
 import numpy as np
 
+from dicom_io.content import AlgorithmInfo
 from dicom_io.phantom_series import write_series
 
 __all__ = ["Seeds", "build_seeds", "shared_data_dir", "REPO"]
@@ -37,6 +39,9 @@ class Seeds:
     series: list[list[bytes]] = field(default_factory=list)
     studies: list[list[list[bytes]]] = field(default_factory=list)
     configs: list[str] = field(default_factory=list)
+    #: DICOM-SEGs (BINARY and LABELMAP) of the MR seed, and its grid (as corrections come).
+    segs: list[bytes] = field(default_factory=list)
+    seg_grid: hd.Volume | None = None
     real_files: int = 0
 
 
@@ -67,6 +72,32 @@ def _written(volume: hd.Volume, folder: Path, **kwargs: object) -> list[bytes]:
     return [p.read_bytes() for p in paths]
 
 
+def _segs(folder: Path) -> tuple[list[bytes], hd.Volume]:
+    """segnode's SEGs of the MR seed (liver and both kidneys), BINARY and LABELMAP."""
+    from dicom_io.scan import find_series
+    from dicom_io.seg import build_seg
+    from dicom_io.series import read_series
+    from model.labels import MRSEGMENTATOR
+    from node.exports import segment_infos
+
+    [files] = find_series(folder)
+    read = read_series(files).volumes[0]
+    labels = np.zeros(read.volume.spatial_shape, dtype=np.uint16)
+    labels[1:4, 4:12, 4:8] = 5
+    labels[2:5, 5:9, 9:11] = 2
+    labels[1:3, 9:12, 12:14] = 3
+    grid = read.volume.with_array(labels)
+    infos = segment_infos(MRSEGMENTATOR)
+    algorithm = AlgorithmInfo(name="mrsegmentator", version="1.0", weights_sha256="0" * 64)
+    segs = []
+    for kind in ("binary", "labelmap"):
+        buffer = io.BytesIO()
+        build_seg(grid, list(read.source), infos, algorithm, seg_type=kind).save_as(
+            buffer, enforce_file_format=True)
+        segs.append(buffer.getvalue())
+    return segs, grid.with_array(np.zeros_like(labels))
+
+
 def build_seeds(*, with_real_data: bool = True) -> Seeds:
     """Write the phantom seeds (in a temporary folder) and gather the real ones."""
     seeds = Seeds()
@@ -85,6 +116,7 @@ def build_seeds(*, with_real_data: bool = True) -> Seeds:
         ]
         seeds.studies.append(stations)
         seeds.instances += [mr[0], mr[2], ct[1]]
+        seeds.segs, seeds.seg_grid = _segs(root / "mr")
     data = shared_data_dir() if with_real_data else None
     if data is not None:
         for folder in _REAL_FILES:

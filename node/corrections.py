@@ -54,6 +54,7 @@ from dicom_io.seg_reading import (
     SegmentCoding,
     SegmentMatch,
     match_segments,
+    read_seg,
     seg_labels_on,
     seg_references,
     segment_codings,
@@ -164,7 +165,7 @@ class CorrectionIntake:
             return None
         base["id"] = correction_id
         try:
-            dataset = pydicom.dcmread(instance["path"])
+            dataset = read_seg(Path(instance["path"]), name=f"SEG {base['sop_instance_uid']}")
             return self._examine(dataset, base, instance.get("calling_ae", ""))
         except Exception as exc:  # noqa: BLE001 - a peer's SEG: whatever breaks is its reason
             reason = str(exc) if isinstance(exc, SegnodeError) else f"{type(exc).__name__}: {exc}"

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import highdicom as hd
 import numpy as np
-import pydicom
+from pydicom.dataset import Dataset
 
 from dicom_io.nifti import read_nifti
-from dicom_io.seg_reading import seg_labels_on
+from dicom_io.seg_reading import read_seg, seg_labels_on
 from dicom_io.stitch import stitched_grid
 from model.evaluation import StructureScore, score
 from model.labels import MRSEGMENTATOR, LabelTable
@@ -83,11 +83,8 @@ def _is_nifti(path: Path) -> bool:
     return path.name.endswith((".nii.gz", ".nii"))
 
 
-def _seg(path: Path) -> pydicom.Dataset:
-    try:
-        return pydicom.dcmread(path)
-    except Exception as exc:  # noqa: BLE001 - any parse failure: not a readable SEG
-        raise InputRejected(f"{path}: not a readable DICOM file ({exc})") from exc
+def _seg(path: Path) -> Dataset:
+    return read_seg(path, name=str(path))
 
 
 def _seg_volume(path: Path) -> hd.Volume:
