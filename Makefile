@@ -55,7 +55,7 @@ lint: $(STAMP)
 	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec deploy/compose.yaml
 
 # Long fuzz campaigns: FUZZ_SECONDS per target with segnode's mutators (sandboxed), then
-# as long again per target with atheris (coverage-guided libFuzzer); about 70 minutes.
+# as long again per target with atheris (coverage-guided libFuzzer); about 80 minutes.
 FUZZ_SECONDS ?= 600
 fuzz: $(STAMP)
 	$(BIN)/python -m harden.fuzz --seconds $(FUZZ_SECONDS) --out .harden/fuzz
@@ -64,7 +64,7 @@ fuzz: $(STAMP)
 	done
 
 # The whole hardening suite with long budgets, one table (check, tried, failures, figure),
-# also in .harden/summary.json (root, for the network namespaces; about 70 minutes).
+# also in .harden/summary.json (root, for the network namespaces; about 80 minutes).
 harden: $(STAMP) peers
 	$(BIN)/python -m harden.run_all --budget long
 
