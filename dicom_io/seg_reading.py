@@ -237,6 +237,10 @@ def seg_labels_on(seg: Dataset, grid: hd.Volume, segments: Sequence[SegmentInfo]
         If the SEG cannot be read as a volume (naming ``name``).
     """
     match = match_segments(segment_codings(seg), segments)
+    frame_of_reference = seg.get("FrameOfReferenceUID")
+    if frame_of_reference is not None and not isinstance(frame_of_reference, str):
+        raise InputRejected(f"{name}: FrameOfReferenceUID is not one UID "
+                            f"({frame_of_reference!r})")
     try:
         volume = hd.seg.Segmentation.from_dataset(seg, copy=False).get_volume(
             combine_segments=True, skip_overlap_checks=True, dtype=np.uint16)

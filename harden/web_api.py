@@ -111,7 +111,8 @@ class _Site:
         """Every route of ``method`` with its path parameters filled for this site."""
         values = {"job_id": self.failed if method == "POST" else self.done,
                   "delivery_id": self.delivery, "volume": self.series_uid,
-                  "name": "pacs" if method == "POST" else "preview.png"}
+                  "name": "pacs" if method == "POST" else "preview.png",
+                  "model": "demo", "structure": "liver"}
         return [re.sub(r"\{(\w+)\}", lambda m: str(values[m.group(1)]), route.path)
                 for route in self.app.routes
                 if isinstance(route, APIRoute) and method in route.methods]

@@ -20,6 +20,7 @@ Tables
 ``corrections`` every received DICOM-SEG examined as a possible radiologist's
                 correction: the outcome, the job it corrects, its segment mapping
 ``correction_metrics``  per correction and structure: Dice, HD95, volumes, connectivity
+``job_outputs`` every DICOM file a job wrote (SOP Instance and Series UIDs), delivered or not
 ``node_state``  key/value facts of the running node for ``segnode status``
 """
 
@@ -29,7 +30,7 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,6 +174,15 @@ corrections = sa.Table(
     sa.Column("corrected_structures", sa.Integer, nullable=False, server_default="0"),
     #: The corrected label map on the grid the model saw (NIfTI), for training exports.
     sa.Column("labels_path", sa.Text, nullable=False, server_default=""),
+)
+
+job_outputs = sa.Table(
+    "job_outputs", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("job_id", sa.Integer, nullable=False, index=True),
+    sa.Column("sop_instance_uid", sa.String(64), nullable=False, index=True),
+    sa.Column("series_uid", sa.String(64), nullable=False, index=True),
+    sa.Column("path", sa.Text, nullable=False),
 )
 
 correction_metrics = sa.Table(
@@ -668,22 +678,34 @@ class Catalogue:
                              .order_by(jobs.c.id.desc()).limit(1)).first()
             return dict(row._mapping) if row is not None else None
 
-    def job_of_outputs(self, sop_uids: list[str]) -> dict[str, Any] | None:
-        """The job one of whose outputs has one of these SOP Instance UIDs, or None."""
+    def record_outputs(self, job_id: int, outputs: list[tuple[str, str, Path]]) -> None:
+        """Remember the DICOM files a job wrote: (SOP Instance UID, Series UID, path) each."""
+        with self.begin() as db:
+            db.execute(job_outputs.delete().where(job_outputs.c.job_id == job_id))
+            if outputs:
+                db.execute(job_outputs.insert(), [
+                    {"job_id": job_id, "sop_instance_uid": sop, "series_uid": series_uid,
+                     "path": str(path)} for sop, series_uid, path in outputs])
+
+    def job_of_outputs(self, sop_uids: list[str], series_uids: Sequence[str] = ()
+                       ) -> dict[str, Any] | None:
+        """The newest job that wrote an instance or series of these UIDs, or None."""
         with self.engine.connect() as db:
-            job_id = db.execute(sa.select(outbox.c.job_id).where(
-                outbox.c.sop_instance_uid.in_(sop_uids)).order_by(outbox.c.job_id.desc())
-                .limit(1)).scalar()
+            job_id = db.execute(sa.select(job_outputs.c.job_id).where(sa.or_(
+                job_outputs.c.sop_instance_uid.in_(sop_uids),
+                job_outputs.c.series_uid.in_(list(series_uids)))).order_by(
+                job_outputs.c.job_id.desc()).limit(1)).scalar()
             if job_id is None:
                 return None
             row = db.execute(sa.select(jobs).where(jobs.c.id == job_id)).first()
             return dict(row._mapping) if row is not None else None
 
-    def is_output(self, sop_uid: str) -> bool:
-        """True when segnode produced an instance with this SOP Instance UID."""
+    def is_output(self, sop_uid: str, series_uid: str = "") -> bool:
+        """True when segnode wrote this instance, or an instance of this series."""
         with self.engine.connect() as db:
-            return db.execute(sa.select(outbox.c.id).where(
-                outbox.c.sop_instance_uid == sop_uid).limit(1)).first() is not None
+            return db.execute(sa.select(job_outputs.c.id).where(sa.or_(
+                job_outputs.c.sop_instance_uid == sop_uid,
+                job_outputs.c.series_uid == series_uid)).limit(1)).first() is not None
 
     def list_corrections(self, *, states: tuple[str, ...] = (), model: str | None = None,
                          since: float | None = None, until: float | None = None,

@@ -5,8 +5,8 @@ import``) is examined once its series is complete, and gets one row in the
 catalogue's ``corrections`` table with one of these states:
 
 ``not_correction``
-    segnode's own output (its SOP Instance UID is one segnode sent, or its
-    Manufacturer is segnode); a SEG that references no series segnode
+    segnode's own output (its SOP Instance or Series UID is one a job wrote,
+    or its Manufacturer is segnode); a SEG that references no series segnode
     processed and carries no mark of segnode; or a SEG on a processed series
     that is not a correction of it: none of its segments maps to a structure
     of the job's packs, or every segment is the AUTOMATIC result of another
@@ -91,6 +91,7 @@ class _OwnSeg:
     """One SEG a job wrote: the pack, the source series and where its labels are."""
 
     path: Path
+    sop_instance_uid: str
     pack: str
     source_series_uid: str
     frame_of_reference_uid: str
@@ -118,7 +119,8 @@ def _own_segs(job: dict[str, Any]) -> list[_OwnSeg]:
             continue
         algorithms = {str(s.get("SegmentAlgorithmName", "")) for s in header.SegmentSequence}
         for series in header.get("ReferencedSeriesSequence", []):
-            found.append(_OwnSeg(path, sorted(algorithms)[0], str(series.SeriesInstanceUID),
+            found.append(_OwnSeg(path, str(header.SOPInstanceUID), sorted(algorithms)[0],
+                                 str(series.SeriesInstanceUID),
                                  str(header.get("FrameOfReferenceUID", ""))))
     return found
 
@@ -172,19 +174,22 @@ class CorrectionIntake:
             return self._record(base, "failed", reason[:500])
 
     def _examine(self, ds: Dataset, base: dict[str, Any], calling_ae: str) -> Examined:
-        if self.catalogue.is_output(base["sop_instance_uid"]) or \
+        if self.catalogue.is_output(base["sop_instance_uid"], base["series_uid"]) or \
                 str(ds.get("Manufacturer", "")).strip() == MANUFACTURER:
             return self._record(base, "not_correction", "segnode's own output")
         codings = segment_codings(ds)
         references = seg_references(ds)
-        job = self.catalogue.job_of_outputs(list(references.instance_uids))
+        job = self.catalogue.job_of_outputs(list(references.instance_uids),
+                                            list(references.series_uids))
         series_uids = list(references.series_uids) + self.catalogue.series_of_instances(
             list(references.instance_uids))
         if job is None:
             job = self.catalogue.done_job_of_series(series_uids)
         if job is None:
             return self._unlinked(ds, base, codings, series_uids, calling_ae)
-        own = [seg for seg in _own_segs(job) if seg.source_series_uid in series_uids]
+        # The job's SEG of a series the correction references, or the SEG it derives from.
+        own = [seg for seg in _own_segs(job) if seg.source_series_uid in series_uids
+               or seg.sop_instance_uid in references.instance_uids]
         if not own:
             return self._record(base, "not_correction",
                                 f"job {job['id']} wrote no SEG of the series it references",

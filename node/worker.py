@@ -204,11 +204,15 @@ class Worker:
         produced = [r for r in results if r.status in ("done", "skipped")]
         outputs = [path for r in produced if r.folder is not None
                    for path in sorted(r.folder.glob("*.dcm"))]
+        written = []
         for path in outputs:
-            sop_uid = str(pydicom.dcmread(path, stop_before_pixels=True,
-                                          specific_tags=["SOPInstanceUID"]).SOPInstanceUID)
+            header = pydicom.dcmread(path, stop_before_pixels=True,
+                                     specific_tags=["SOPInstanceUID", "SeriesInstanceUID"])
+            sop_uid = str(header.SOPInstanceUID)
+            written.append((sop_uid, str(header.SeriesInstanceUID), path))
             for destination in job.destinations:
                 self.outbox.add(job.id, destination, path, sop_uid)
+        self.catalogue.record_outputs(job.id, written)
         self.last_timings = sum_timings(results)
         summary: dict[str, Any] = {
             "volumes": [{"key": r.key, "status": r.status, "reason": r.reason,

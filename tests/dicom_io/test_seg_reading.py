@@ -16,6 +16,7 @@ from dicom_io.seg_reading import (
     seg_references,
     segment_codings,
 )
+from segnode_errors import InputRejected
 from tests.dicom_io.test_seg import (
     ALGO,
     AXIAL,
@@ -107,3 +108,12 @@ def test_a_seg_on_a_sub_block_of_the_grid_lands_in_place() -> None:
     back, _ = seg_labels_on(seg, padded, SEGMENTS)
     assert np.array_equal(back.array[2:8, 1:11, 3:15], labels.array)
     assert np.count_nonzero(back.array) == np.count_nonzero(labels.array)
+
+
+def test_a_frame_of_reference_that_is_not_one_uid_is_refused_naming_it() -> None:
+    sources, by_uid = make_series()
+    labels = volume_from_slices(sources, by_uid)
+    seg = to_bytes_and_back(build_seg(labels, sources, SEGMENTS, ALGO))
+    seg.FrameOfReferenceUID = ["1.2.3", "1.2.4"]  # found by the seg fuzz target
+    with pytest.raises(InputRejected, match="correction.dcm: FrameOfReferenceUID is not one UID"):
+        seg_labels_on(seg, labels, SEGMENTS, name="correction.dcm")

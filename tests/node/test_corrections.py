@@ -320,6 +320,25 @@ def test_a_correction_in_another_frame_of_reference_is_quarantined(
                              f"{processed.sources[0].FrameOfReferenceUID}")
 
 
+def test_a_correction_that_references_only_segnodes_seg_is_linked_through_it(
+        processed: Processed) -> None:
+    path, seg, _ = _correction(processed, "derived")
+    reference = Dataset()
+    reference.SeriesInstanceUID = processed.our_seg.SeriesInstanceUID
+    instance = Dataset()
+    instance.ReferencedSOPClassUID = processed.our_seg.SOPClassUID
+    instance.ReferencedSOPInstanceUID = processed.our_seg.SOPInstanceUID
+    reference.ReferencedInstanceSequence = [instance]
+    seg.ReferencedSeriesSequence = [reference]
+    for frame in seg.PerFrameFunctionalGroupsSequence:
+        del frame.DerivationImageSequence
+    seg.save_as(path)
+    processed.send(path)
+    row = processed.examined(str(seg.SOPInstanceUID))
+    assert row["state"] == "correction", row["reason"]
+    assert row["source_series_uid"] == processed.case.series_uid
+
+
 def test_segnodes_own_seg_sent_back_is_not_a_correction(processed: Processed) -> None:
     processed.send(processed.folder / "seg.dcm")
     row = processed.examined(str(processed.our_seg.SOPInstanceUID))

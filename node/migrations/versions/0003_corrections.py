@@ -1,4 +1,5 @@
-"""Corrections (received DICOM-SEG examined as radiologists' corrections) and their metrics.
+"""Corrections (received DICOM-SEG examined as radiologists' corrections), their metrics,
+and the DICOM files every job wrote.
 
 Revision ID: 0003
 Revises: 0002
@@ -65,8 +66,24 @@ def upgrade() -> None:
                               ["correction_id"], unique=False)
         batch_op.create_index("ix_correction_metrics_model_structure",
                               ["model", "structure", "examined_at"], unique=False)
+    op.create_table(
+        "job_outputs",
+        sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
+        sa.Column("job_id", sa.Integer(), nullable=False),
+        sa.Column("sop_instance_uid", sa.String(length=64), nullable=False),
+        sa.Column("series_uid", sa.String(length=64), nullable=False),
+        sa.Column("path", sa.Text(), nullable=False),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    with op.batch_alter_table("job_outputs", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_job_outputs_job_id"), ["job_id"], unique=False)
+        batch_op.create_index(batch_op.f("ix_job_outputs_series_uid"), ["series_uid"],
+                              unique=False)
+        batch_op.create_index(batch_op.f("ix_job_outputs_sop_instance_uid"),
+                              ["sop_instance_uid"], unique=False)
 
 
 def downgrade() -> None:
+    op.drop_table("job_outputs")
     op.drop_table("correction_metrics")
     op.drop_table("corrections")
