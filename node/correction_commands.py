@@ -13,10 +13,10 @@ import pydicom
 from dicom_io.seg_reading import SEGMENTATION_SOP_CLASSES
 from model.store import ModelStore
 from node.catalogue import Catalogue
-from node.config import NodeConfig
+from node.config import NodeConfig, load_config
 from node.corrections import CorrectionIntake
 from node.dataset_export import ExportFilter, export_dataset, parse_day
-from node.node_commands import _load
+from node.node_commands import config_path
 from node.receiver import Receiver, StoreStatus
 from node.spool import Quarantine, Spool
 from segnode_errors import InputRejected
@@ -32,7 +32,7 @@ def _write(text: str) -> None:
 
 def corrections(args: argparse.Namespace) -> int:
     """``segnode corrections import DIR`` or ``segnode corrections list``."""
-    config = _load(args)
+    config = load_config(config_path(args))
     catalogue = Catalogue(config.database_url)
     try:
         if args.corrections_command == "import":
@@ -82,7 +82,7 @@ def _import(config: NodeConfig, catalogue: Catalogue, folder: Path) -> int:
 
 def dataset(args: argparse.Namespace) -> int:
     """``segnode dataset export --model PACK --out DIR``: the nnU-Net v2 raw dataset."""
-    config = _load(args)
+    config = load_config(config_path(args))
     table = ModelStore(config.storage.models_dir).resolve(args.model).labels
     wanted = ExportFilter(model=args.model, since=parse_day(args.since),
                           until=parse_day(args.until, end=True), modality=args.modality,

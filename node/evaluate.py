@@ -27,8 +27,10 @@ from dicom_io.seg_reading import read_seg, seg_labels_on
 from dicom_io.stitch import stitched_grid
 from model.evaluation import StructureScore, score
 from model.labels import MRSEGMENTATOR, LabelTable
+from model.store import ModelStore
 from node.exports import segment_infos
 from node.outputs import render_csv
+from node.settings import default_models_dir
 from segnode_errors import InputRejected
 
 __all__ = ["EVALUATION_COLUMNS", "evaluate", "evaluate_pair", "pair_cases", "score_rows"]
@@ -142,9 +144,6 @@ def score_rows(case: str, scores: Sequence[StructureScore]) -> list[dict[str, ob
 def _table(args: argparse.Namespace) -> LabelTable:
     if args.model is None:
         return MRSEGMENTATOR
-    from model.store import ModelStore
-    from node.settings import default_models_dir
-
     return ModelStore(args.models_dir or default_models_dir()).resolve(args.model).labels
 
 
